@@ -1,0 +1,7 @@
+"""`python -m mjasync` runs the `mjasync` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Pure layer: msgspec Structs for requests, results and task records; no I/O."""

@@ -1,0 +1,375 @@
+"""Mapping layer: AceData Cloud's Midjourney API on the wire (paths, headers, bodies, errors, task state).
+
+Pure: no sockets, no event loop. Facts come from the provider's guides; where its OpenAPI spec and its
+guides disagree (mask as base64, width as int), the guides win because their examples are recorded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final, TypeVar
+
+import msgspec
+
+from .._exceptions import (
+    APIStatusError,
+    AuthenticationError,
+    BadRequestError,
+    GatewayTimeoutError,
+    JobFailedError,
+    MalformedLineError,
+    ModerationError,
+    NotFoundError,
+    PermissionDeniedError,
+    QuotaExceededError,
+    RateLimitError,
+    ResponseDecodeError,
+    ServerError,
+)
+from .._models.requests import (
+    DescribeRequest,
+    EditsRequest,
+    ImagineRequest,
+    JobRequest,
+    SeedRequest,
+    ShortenRequest,
+    TranslateRequest,
+    VideosRequest,
+)
+from .._models.results import (
+    DescribeResult,
+    EditsResult,
+    ErrorDetail,
+    ImagineResult,
+    Result,
+    SeedResult,
+    ShortenResult,
+    SubmitReceipt,
+    TranslateResult,
+    VideoResult,
+)
+from .._models.task import TaskBatch, TaskRecord, TaskState
+from .._retry import parse_retry_after
+from .._types import WaitVia
+
+__all__ = ["AceDataProvider"]
+
+R = TypeVar("R", bound=Result)
+
+NDJSON: Final = "application/x-ndjson"
+JSON: Final = "application/json"
+
+_JOB_PATHS: Final[dict[type[Any], str]] = {
+    ImagineRequest: "/midjourney/imagine",
+    EditsRequest: "/midjourney/edits",
+    VideosRequest: "/midjourney/videos",
+}
+_CALL_PATHS: Final[dict[type[Any], tuple[str, type[Result]]]] = {
+    DescribeRequest: ("/midjourney/describe", DescribeResult),
+    ShortenRequest: ("/midjourney/shorten", ShortenResult),
+    TranslateRequest: ("/midjourney/translate", TranslateResult),
+    SeedRequest: ("/midjourney/seed", SeedResult),
+}
+TASKS_PATH: Final = "/midjourney/tasks"
+
+#: The task record's `type` tells which result its `response` holds.
+_RESULT_BY_TASK_TYPE: Final[dict[str, type[Result]]] = {
+    "imagine": ImagineResult,
+    "edits": EditsResult,
+    "videos": VideoResult,
+    "describe": DescribeResult,
+    "shorten": ShortenResult,
+}
+
+_AUTH_CODES: Final = frozenset({"invalid_token", "token_expired", "token_mismatched", "no_token"})
+_CODE_CLASSES: Final[dict[str, type[APIStatusError]]] = {
+    "forbidden": ModerationError,
+    "used_up": QuotaExceededError,
+    "too_many_requests": RateLimitError,
+    "timeout": GatewayTimeoutError,
+    **dict.fromkeys(_AUTH_CODES, AuthenticationError),
+}
+_STATUS_CLASSES: Final[dict[int, type[APIStatusError]]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    429: RateLimitError,
+    504: GatewayTimeoutError,
+}
+_FAILED_STATES: Final = frozenset({"failed", "error", "cancelled", "canceled"})
+
+
+class _TypeProbe(msgspec.Struct):
+    id: str | None = None
+    type: str | None = None
+
+
+class _RawBatch(msgspec.Struct):
+    items: list[msgspec.Raw] = []
+    count: int | None = None
+
+
+class _TaskQuery(msgspec.Struct, omit_defaults=True):
+    action: str
+    id: str | None = None
+    trace_id: str | None = None
+    ids: list[str] | None = None
+    trace_ids: list[str] | None = None
+    offset: int | None = None
+    limit: int | None = None
+
+
+_encoder = msgspec.json.Encoder()
+_probe_decoder = msgspec.json.Decoder(_TypeProbe)
+_batch_decoder = msgspec.json.Decoder(_RawBatch, strict=False)
+_any_decoder = msgspec.json.Decoder()
+_result_decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {}
+_record_decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {}
+
+
+def _result_decoder(kind: type[R]) -> msgspec.json.Decoder[R]:
+    decoder = _result_decoders.get(kind)
+    if decoder is None:
+        decoder = _result_decoders[kind] = msgspec.json.Decoder(kind, strict=False)
+    return decoder
+
+
+def _record_decoder(kind: type[R]) -> msgspec.json.Decoder[TaskRecord[R]]:
+    decoder = _record_decoders.get(kind)
+    if decoder is None:
+        decoder = _record_decoders[kind] = msgspec.json.Decoder(TaskRecord[kind], strict=False)  # type: ignore[valid-type]
+    return decoder
+
+
+#: What a body that is not the JSON we expect can make msgspec raise (deep nesting: RecursionError).
+_UNDECODABLE = (msgspec.DecodeError, RecursionError)
+
+
+def _prefix(data: bytes, size: int = 64) -> bytes:
+    return bytes(data[:size])
+
+
+class AceDataProvider:
+    """AceData Cloud: Bearer token, JSON POSTs under `/midjourney/`, ndjson progress, a tasks endpoint."""
+
+    name: Final = "acedata"
+    default_base_url: Final = "https://api.acedata.cloud"
+
+    # -- requests ---------------------------------------------------------------------------------
+
+    def auth_headers(self, api_key: str) -> dict[str, str]:
+        """Headers that carry the API key."""
+        return {"authorization": f"Bearer {api_key}"}
+
+    def credential_headers(self) -> frozenset[str]:
+        """Header names that hold a credential (lower case), never to be logged or forwarded."""
+        return frozenset({"authorization"})
+
+    def job_request(self, request: JobRequest, *, via: WaitVia) -> tuple[str, bytes, dict[str, str]]:
+        """Path, body and headers that submit a long-running job the way `via` will wait for it."""
+        path = _JOB_PATHS[type(request)]
+        if via == "stream":
+            # The stream itself is the result; `async` would turn it into a bare task_id answer.
+            request = msgspec.structs.replace(request, async_=None, timeout=None)
+            return path, _encoder.encode(request), {"accept": NDJSON}
+        if via == "poll":
+            request = msgspec.structs.replace(request, async_=True, timeout=None)
+        return path, _encoder.encode(request), {"accept": JSON}
+
+    def call_request(
+        self, request: DescribeRequest | ShortenRequest | TranslateRequest | SeedRequest
+    ) -> tuple[str, bytes, type[Result]]:
+        """Path, body and result type of a short synchronous call."""
+        path, kind = _CALL_PATHS[type(request)]
+        return path, _encoder.encode(request), kind
+
+    def task_request(self, task_id: str | None = None, *, trace_id: str | None = None) -> tuple[str, bytes]:
+        """Path and body that retrieve one task."""
+        return TASKS_PATH, _encoder.encode(_TaskQuery(action="retrieve", id=task_id, trace_id=trace_id))
+
+    def task_batch_request(
+        self, task_ids: list[str] | None = None, *, trace_ids: list[str] | None = None
+    ) -> tuple[str, bytes]:
+        """Path and body that retrieve many tasks at once."""
+        wanted = len(task_ids or ()) + len(trace_ids or ())
+        # The batch call pages with a default limit of 12, so ask for every id we name.
+        query = _TaskQuery(
+            action="retrieve_batch", ids=task_ids, trace_ids=trace_ids, offset=0, limit=max(wanted, 1)
+        )
+        return TASKS_PATH, _encoder.encode(query)
+
+    # -- responses --------------------------------------------------------------------------------
+
+    def decode_result(self, kind: type[R], body: bytes, *, request: str | None = None) -> R:
+        """Decode a JSON result body."""
+        try:
+            return _result_decoder(kind).decode(body)
+        except msgspec.DecodeError as exc:
+            raise ResponseDecodeError(
+                f"undecodable {kind.kind} response: {exc}", body=body, request=request
+            ) from exc
+
+    def decode_update(self, kind: type[R], line: bytes, line_number: int) -> R:
+        """Decode one ndjson progress line."""
+        try:
+            return _result_decoder(kind).decode(line)
+        except _UNDECODABLE as exc:
+            raise MalformedLineError(line_number, _prefix(line), _reason(exc)) from exc
+
+    def decode_receipt(self, body: bytes, *, request: str | None = None) -> str:
+        """The task_id from an asynchronous submit's immediate answer."""
+        receipt = self.decode_result(SubmitReceipt, body, request=request)
+        if not receipt.task_id:
+            raise ResponseDecodeError(
+                "asynchronous submit answered without a task_id", body=body, request=request
+            )
+        return receipt.task_id
+
+    def decode_task(self, body: bytes, kind: type[R] | None = None) -> TaskRecord[Any]:
+        """Decode a task record; without `kind`, its `type` field picks the result type."""
+        try:
+            if kind is None:
+                probed = _probe_decoder.decode(body).type or ""
+                kind = _RESULT_BY_TASK_TYPE.get(probed, Result)  # type: ignore[assignment]
+            assert kind is not None
+            return _record_decoder(kind).decode(body)
+        except _UNDECODABLE as exc:
+            raise ResponseDecodeError(f"undecodable task record: {_reason(exc)}", body=bytes(body)) from exc
+
+    def decode_task_batch(self, body: bytes, kind: type[R] | None = None) -> TaskBatch[Any]:
+        """Decode a `retrieve_batch` answer: its records and the provider's `count`."""
+        batch = self._decode_batch(body)
+        return TaskBatch(items=[self.decode_task(item, kind) for item in batch.items], count=batch.count)
+
+    def task_bodies(self, body: bytes, *, batch: bool) -> dict[str, bytes]:
+        """Each task record in a tasks answer, undecoded, by task id (records without an id are left out).
+
+        Waiting handles decode their own record once, with the result type they expect.
+        """
+        items = self._decode_batch(body).items if batch else [msgspec.Raw(body)]
+        bodies: dict[str, bytes] = {}
+        for item in items:
+            try:
+                task_id = _probe_decoder.decode(item).id
+            except _UNDECODABLE as exc:
+                raise ResponseDecodeError(
+                    f"undecodable task record: {_reason(exc)}", body=bytes(item)
+                ) from exc
+            if task_id:
+                bodies[task_id] = bytes(item)
+        return bodies
+
+    def _decode_batch(self, body: bytes) -> _RawBatch:
+        try:
+            return _batch_decoder.decode(body)
+        except _UNDECODABLE as exc:
+            raise ResponseDecodeError(
+                f"undecodable retrieve_batch answer: {_reason(exc)}", body=body
+            ) from exc
+
+    def task_state(self, record: TaskRecord[Any]) -> TaskState:
+        """Where a task stands. `success: true` alone never means done: progress lines carry it too."""
+        response: Result | None = record.response
+        if response is not None and response.failed:
+            return "failed"
+        if (record.state or "").lower() in _FAILED_STATES:
+            return "failed"
+        if response is None:
+            return "pending"
+        if response.is_final:
+            return "succeeded"
+        # No progress yet (`{}`, or a type we cannot judge) reads as queued, never as done.
+        if getattr(response, "progress", None) is None:
+            return "pending"
+        return "running"
+
+    def allowed_actions(self, result: ImagineResult) -> frozenset[str]:
+        """Actions a follow-up may use on this result."""
+        actions = frozenset(result.actions)
+        # The guide applies `variation_region` to upscaled images although their `actions` never list it.
+        if "variation_subtle" in actions:
+            actions |= {"variation_region"}
+        return actions
+
+    # -- errors -----------------------------------------------------------------------------------
+
+    def status_error(
+        self, status: int, headers: Mapping[str, str], body: bytes, *, request: str | None = None
+    ) -> APIStatusError:
+        """The typed error for an error response, whatever shape its body has."""
+        code, message, trace_id = _parse_error_body(body)
+        trace_id = trace_id or headers.get("x-request-id")
+        cls = (code and _CODE_CLASSES.get(code)) or _STATUS_CLASSES.get(status)
+        if cls is None:
+            cls = ServerError if status >= 500 else APIStatusError
+        if message is None:
+            message = _describe_status(status, headers, body, code)
+        kwargs: dict[str, Any] = {
+            "status": status,
+            "code": code,
+            "trace_id": trace_id,
+            "body": body,
+            "request": request,
+        }
+        if issubclass(cls, RateLimitError):
+            return cls(message, retry_after=parse_retry_after(headers), **kwargs)
+        return cls(message, **kwargs)
+
+    def job_failed(self, result: Result, *, request: str | None = None) -> JobFailedError:
+        """The error for a job the provider reports as failed."""
+        error = result.error
+        if isinstance(error, ErrorDetail):
+            code, message = error.code, error.message
+        else:
+            code, message = None, error
+        return JobFailedError(
+            message or "the provider reports the job as failed",
+            code=code,
+            trace_id=result.trace_id,
+            task_id=result.task_id,
+            body=_encoder.encode(result),
+            request=request,
+        )
+
+
+def _parse_error_body(body: bytes) -> tuple[str | None, str | None, str | None]:
+    """(code, message, trace_id) from any error body: `error` object or string, `detail`, or not JSON."""
+    try:
+        data = _any_decoder.decode(body)
+    except _UNDECODABLE:
+        return None, None, None
+    if not isinstance(data, dict):
+        return None, None, None
+    error = data.get("error")
+    code = message = None
+    if isinstance(error, dict):
+        code = _str_or_none(error.get("code"))
+        message = _str_or_none(error.get("message"))
+    else:
+        message = _str_or_none(error)
+    if message is None and data.get("detail") not in (None, ""):
+        detail = data["detail"]
+        message = detail if isinstance(detail, str) else _encoder.encode(detail).decode()
+    if message is None:
+        message = _str_or_none(data.get("message"))
+    return code, message, _str_or_none(data.get("trace_id"))
+
+
+def _str_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _describe_status(status: int, headers: Mapping[str, str], body: bytes, code: str | None) -> str:
+    if not body:
+        return f"HTTP {status} with an empty body"
+    try:
+        _any_decoder.decode(body)
+    except _UNDECODABLE:
+        kind = headers.get("content-type", "").split(";")[0].strip() or "no content type"
+        return f"HTTP {status} with a non-JSON body ({kind}, {len(body)} bytes)"
+    return f"HTTP {status} ({code})" if code else f"HTTP {status} with no error message"
+
+
+def _reason(exc: BaseException) -> str:
+    return "nested too deeply" if isinstance(exc, RecursionError) else str(exc)

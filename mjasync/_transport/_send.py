@@ -1,0 +1,233 @@
+"""I/O layer: one HTTP exchange with the provider — bounded reads, no redirects, typed errors, quiet logs.
+
+Every aiohttp failure becomes an mjasync error here and nowhere else, each saying whether the request
+may have reached the server (which decides, later, whether a submit may be retried).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import NamedTuple, NoReturn
+
+import aiohttp
+from multidict import CIMultiDictProxy
+
+from .._config import Timeouts
+from .._exceptions import APIConnectionError, APIError, APIStatusError, APITimeoutError, ResponseDecodeError
+from ._pool import SessionPool
+
+__all__ = ["ErrorForStatus", "Transport", "WireResponse", "log"]
+
+log = logging.getLogger("mjasync")
+
+#: Builds the provider's typed error from (status, headers, body, request description).
+ErrorForStatus = Callable[..., APIStatusError]
+
+#: An error body is kept only this far: enough for a message and a trace_id.
+_ERROR_BODY_LIMIT = 64 * 1024
+_CHUNK = 64 * 1024
+_REDACTED = b"[redacted]"
+
+
+class WireResponse(NamedTuple):
+    """A finished exchange: status, headers and the whole (bounded) body."""
+
+    status: int
+    headers: CIMultiDictProxy[str]
+    body: bytes
+
+
+class Transport:
+    """Sends requests to one provider origin with the client's headers, limits and timeouts."""
+
+    def __init__(
+        self,
+        pool: SessionPool,
+        *,
+        base_url: str,
+        headers: Mapping[str, str],
+        secrets: tuple[str, ...],
+        timeouts: Timeouts,
+        max_response_bytes: int,
+        error_for_status: ErrorForStatus,
+    ) -> None:
+        self.pool = pool
+        self.base_url = base_url.rstrip("/")
+        self._headers = dict(headers)
+        self._secrets = tuple(s.encode() for s in secrets if s)
+        self.timeouts = timeouts
+        self.max_response_bytes = max_response_bytes
+        self._error_for_status = error_for_status
+
+    def client_timeout(
+        self, *, read: float | None = None, total: float | None = None
+    ) -> aiohttp.ClientTimeout:
+        """An aiohttp timeout: connect and idle-read limits, and an optional overall limit."""
+        return aiohttp.ClientTimeout(
+            total=total, sock_connect=self.timeouts.connect, sock_read=read or self.timeouts.read
+        )
+
+    def scrub(self, data: bytes) -> bytes:
+        """`data` with every secret replaced, so no error or log ever carries the API key."""
+        for secret in self._secrets:
+            if secret in data:
+                data = data.replace(secret, _REDACTED)
+        return data
+
+    def error_for_status(
+        self, status: int, headers: Mapping[str, str], body: bytes, *, request: str | None = None
+    ) -> APIStatusError:
+        """The provider's typed error for a response, with the API key kept out of it.
+
+        The body is scrubbed before it is parsed, and the parsed message after: a body may echo the
+        key with JSON escapes (`\\u002d`) that only decoding turns back into the key.
+        """
+        error = self._error_for_status(status, headers, self.scrub(body), request=request)
+        for secret in self._secrets:
+            text = secret.decode()
+            if text in error.message:
+                error.message = error.message.replace(text, _REDACTED.decode())
+            if error.body and text in error.body:
+                error.body = error.body.replace(text, _REDACTED.decode())
+        return error
+
+    async def post(
+        self,
+        path: str,
+        body: bytes,
+        *,
+        headers: Mapping[str, str] | None = None,
+        read_timeout: float | None = None,
+        total_timeout: float | bool | None = True,
+    ) -> WireResponse:
+        """POST JSON and read the whole answer; a non-2xx status raises the provider's typed error.
+
+        `total_timeout=True` means the client's default overall limit; None means no overall limit.
+        """
+        total = self.timeouts.total if total_timeout is True else (total_timeout or None)
+        response = await self.open(
+            path, body, headers=headers, timeout=self.client_timeout(read=read_timeout, total=total)
+        )
+        request = f"POST {path}"
+        try:
+            data = await read_bounded(response, self.max_response_bytes, request=request)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise_connection_error(exc, request, sent=True)
+        finally:
+            response.release()
+        return WireResponse(response.status, response.headers, data)
+
+    async def open(
+        self,
+        path: str,
+        body: bytes,
+        *,
+        headers: Mapping[str, str] | None = None,
+        timeout: aiohttp.ClientTimeout,
+    ) -> aiohttp.ClientResponse:
+        """POST and return the response once its status is good; the caller must release it."""
+        request = f"POST {path}"
+        merged = {**self._headers, "content-type": "application/json", **(headers or {})}
+        session = self.pool.session()
+        started = time.perf_counter()
+        try:
+            response = await session.post(
+                self.base_url + path, data=body, headers=merged, timeout=timeout, allow_redirects=False
+            )
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            log.debug("%s failed after %.1f ms: %s", request, _ms(started), type(exc).__name__)
+            raise_connection_error(exc, request, sent=None)
+        log.debug("%s -> %d (%.1f ms to headers)", request, response.status, _ms(started))
+        if response.status >= 300:
+            await self._raise_for_status(response, request)
+        return response
+
+    async def open_download(self, url: str, *, timeout: aiohttp.ClientTimeout) -> aiohttp.ClientResponse:
+        """GET a result file (an image) with no credentials; the caller must release the response."""
+        request = "GET " + url.split("?", 1)[0]
+        session = self.pool.session()
+        started = time.perf_counter()
+        try:
+            # No API headers go with a download, so following a CDN's redirect leaks nothing.
+            response = await session.get(url, timeout=timeout, allow_redirects=True, max_redirects=5)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise_connection_error(exc, request, sent=None)
+        log.debug("%s -> %d (%.1f ms to headers)", request, response.status, _ms(started))
+        if response.status >= 300:
+            await self._raise_for_status(response, request)
+        return response
+
+    async def _raise_for_status(self, response: aiohttp.ClientResponse, request: str) -> NoReturn:
+        try:
+            body = await read_bounded(response, _ERROR_BODY_LIMIT, request=request, truncate=True)
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            body = b""
+        finally:
+            response.release()
+        error = self.error_for_status(response.status, response.headers, body, request=request)
+        if 300 <= response.status < 400:
+            error.message = (
+                f"unexpected redirect (HTTP {response.status}); not followed, so credentials stay here"
+            )
+        raise error
+
+
+async def read_bounded(
+    response: aiohttp.ClientResponse, limit: int, *, request: str, truncate: bool = False
+) -> bytes:
+    """Read a body of at most `limit` bytes; past it, raise (or with `truncate`, stop there)."""
+    declared = response.content_length
+    if declared is not None and declared > limit and not truncate:
+        raise ResponseDecodeError(
+            f"response body of {declared} bytes is over the {limit}-byte limit",
+            status=response.status,
+            request=request,
+        )
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        chunk = await response.content.read(_CHUNK)
+        if not chunk:
+            break
+        size += len(chunk)
+        if size > limit:
+            if truncate:
+                parts.append(chunk[: len(chunk) - (size - limit)])
+                break
+            raise ResponseDecodeError(
+                f"response body is over the {limit}-byte limit", status=response.status, request=request
+            )
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def raise_connection_error(exc: BaseException, request: str, *, sent: bool | None) -> NoReturn:
+    """Raise the mjasync error for an aiohttp failure.
+
+    `sent` is what the caller knows: True once the body went out and a response was started, None when
+    the phase must be read from the exception.
+    """
+    reached = True if sent else _may_have_reached(exc)
+    name = type(exc).__name__
+    if isinstance(exc, APIError):
+        raise exc
+    if isinstance(exc, (aiohttp.ServerTimeoutError, asyncio.TimeoutError)):
+        what = "connect" if isinstance(exc, aiohttp.ConnectionTimeoutError) else "read"
+        raise APITimeoutError(
+            f"{what} timed out ({name})", may_have_reached_server=reached, request=request
+        ) from exc
+    raise APIConnectionError(
+        f"connection failed ({name}: {exc})", may_have_reached_server=reached, request=request
+    ) from exc
+
+
+def _may_have_reached(exc: BaseException) -> bool:
+    # A failed or timed-out connect never sent a byte; anything later might have been received.
+    return not isinstance(exc, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError))
+
+
+def _ms(started: float) -> float:
+    return (time.perf_counter() - started) * 1000.0

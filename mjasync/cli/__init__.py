@@ -1,0 +1,39 @@
+"""Entry layer: the `mjasync` command (`demo`, `emulator`). Never imported by `import mjasync`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the `mjasync` command line; return the exit status."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="mjasync", description="asyncio client for hosted Midjourney APIs")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    demo = commands.add_parser(
+        "demo", help="run imagine → variation → upscale → zoom out against the embedded emulator"
+    )
+    demo.add_argument("--out", default="mjasync-demo", help="folder for the PNGs (default: %(default)s)")
+    demo.add_argument(
+        "--speed", type=float, default=2.0, help="seconds each emulated job takes (default: %(default)s)"
+    )
+    demo.add_argument("--prompt", default="Lamborghini speeds inside a volcano", help="the prompt to imagine")
+    commands.add_parser(
+        "emulator", help="serve the emulator on 127.0.0.1 (see `mjasync emulator --help`)", add_help=False
+    )
+
+    if args[:1] == ["emulator"]:
+        from ..emulator.__main__ import main as emulator_main
+
+        return emulator_main(args[1:])
+    options = parser.parse_args(args)
+    if options.command == "demo":
+        from ._demo import run_demo
+
+        return run_demo(out=options.out, speed=options.speed, prompt=options.prompt)
+    parser.print_help()
+    return 2

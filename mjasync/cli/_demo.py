@@ -1,0 +1,71 @@
+"""Entry layer: `mjasync demo`, the whole flow against an in-process emulator, with live progress."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import anyio
+
+import mjasync
+
+from ..emulator import DEFAULT_TOKEN, Emulator
+from ._progress import ProgressView
+
+__all__ = ["run_demo"]
+
+
+def run_demo(*, out: str, speed: float, prompt: str) -> int:
+    """Run the demo; return the exit status."""
+    if speed < 0:
+        print("error: --speed must be >= 0", file=sys.stderr)
+        return 2
+    try:
+        paths = anyio.run(_demo, Path(out), speed, prompt, backend="asyncio")
+    except mjasync.MJError as exc:
+        print(f"demo failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"\nWrote {len(paths)} PNGs to {Path(out).resolve()}:")
+    for path in paths:
+        print(f"  {path}")
+    return 0
+
+
+async def _demo(out: Path, speed: float, prompt: str) -> list[Path]:
+    async with Emulator(speed=speed) as emulator:
+        print(f"Embedded emulator on {emulator.url} (nothing leaves this machine)")
+        async with mjasync.Client(api_key=DEFAULT_TOKEN, base_url=emulator.url) as mj:
+            with ProgressView() as view:
+                grid = await _step(view, "imagine", mj.imagine(prompt))
+                variations = await _step(view, "variation2", mj.variation(grid, 2))
+                upscaled = await _step(view, "upscale4", mj.upscale(variations, 4))
+                zoomed = await _step(view, "zoom_out_2x", mj.zoom_out(upscaled, 2))
+            paths = []
+            for number, (name, result) in enumerate(
+                [
+                    ("imagine", grid),
+                    ("variation2", variations),
+                    ("upscale4", upscaled),
+                    ("zoom_out_2x", zoomed),
+                ],
+                1,
+            ):
+                assert result.image_url is not None
+                paths.append(await mj.download_to(result.image_url, _ensure(out) / f"{number}-{name}.png"))
+            return paths
+
+
+async def _step(
+    view: ProgressView, label: str, job: mjasync.Job[mjasync.ImagineResult]
+) -> mjasync.ImagineResult:
+    async with job.stream() as updates:
+        with view.task(label) as bar:
+            async for update in updates:
+                bar.update(update.progress or 0.0)
+    assert updates.final is not None  # the stream raises if it ends without one
+    return updates.final
+
+
+def _ensure(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder

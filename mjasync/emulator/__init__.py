@@ -1,0 +1,224 @@
+"""A local emulator of AceData Cloud's Midjourney API, for tests that run over real sockets offline.
+
+    async with Emulator() as emu:          # binds 127.0.0.1 on a free port
+        ...                                # point a client at emu.url with token "test-token"
+        assert emu.counters["submits"] == 1
+
+It shares no wire code with the mjasync client: its bodies are built from the provider's recorded
+examples, so a field-name mistake in the client cannot be hidden by the same mistake here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import sys
+from collections.abc import Callable, Coroutine
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+import anyio
+from aiohttp import web
+from anyio.abc import TaskGroup
+
+from . import _acedata
+from ._app import make_app
+from ._store import (
+    CallbackRecord,
+    Clock,
+    ImageSizes,
+    ManualClock,
+    RecordedRequest,
+    Settings,
+    Store,
+)
+
+__all__ = [
+    "DEFAULT_BANNED_WORDS",
+    "DEFAULT_TOKEN",
+    "CallbackRecord",
+    "Clock",
+    "Emulator",
+    "ImageSizes",
+    "ManualClock",
+    "RecordedRequest",
+]
+
+#: The token an emulator accepts unless told otherwise.
+DEFAULT_TOKEN = "test-token"
+#: Prompts containing one of these words get the provider's 403 moderation error.
+DEFAULT_BANNED_WORDS = ("gore",)
+
+
+class Emulator:
+    """Serve the AceData Midjourney API on a local port for as long as the ``async with`` block runs.
+
+    Args:
+        host: Interface to bind; keep the default loopback address.
+        port: Port to bind; 0 picks a free one (read it back from `port` or `url`).
+        speed: Seconds a job takes end to end (queued first, then progress); 0 finishes at once.
+        tokens: Bearer tokens accepted; an empty tuple accepts any token.
+        banned_words: Words that make a prompt fail moderation (403).
+        clock: Returns unix seconds; inject one (e.g. `ManualClock`) to step jobs by hand.
+        max_body_size: Larger request bodies are refused with 413.
+        image_sizes: Pixel sizes of the generated PNGs.
+        callback_timeout: Total seconds allowed for each callback POST.
+        queue_fraction: Share of `speed` a job spends queued before it starts.
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        speed: float = 0.0,
+        tokens: tuple[str, ...] = (DEFAULT_TOKEN,),
+        banned_words: tuple[str, ...] = DEFAULT_BANNED_WORDS,
+        clock: Clock | None = None,
+        max_body_size: int = 16 * 1024 * 1024,
+        image_sizes: ImageSizes | None = None,
+        callback_timeout: float = 10.0,
+        queue_fraction: float = 0.15,
+    ) -> None:
+        if speed < 0:
+            raise ValueError("speed must be >= 0")
+        if not 0 <= queue_fraction < 1:
+            raise ValueError("queue_fraction must be in [0, 1)")
+        self.host = host
+        self._requested_port = port
+        self._port: int | None = None
+        settings = Settings(
+            speed=speed,
+            tokens=tuple(tokens),
+            banned_words=tuple(banned_words),
+            max_body_size=max_body_size,
+            image_sizes=image_sizes or ImageSizes(),
+            queue_fraction=queue_fraction,
+            callback_timeout=callback_timeout,
+        )
+        self._store = Store(settings, clock)
+        self._stack: contextlib.AsyncExitStack | None = None
+
+    # --- what tests look at ---
+
+    @property
+    def port(self) -> int:
+        """The bound port (raises RuntimeError before the emulator has started)."""
+        if self._port is None:
+            raise RuntimeError("the emulator is not running; use `async with Emulator() as emu:`")
+        return self._port
+
+    @property
+    def url(self) -> str:
+        """The base URL, e.g. ``http://127.0.0.1:54321`` (no trailing slash)."""
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def clock(self) -> Clock:
+        """The clock jobs are timed by."""
+        return self._store.clock
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        """Every API request received (image downloads excluded), oldest first; never the auth header."""
+        return self._store.requests
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """Event counts: ``requests``, ``tasks``, ``submits``, ``streams``, ``callbacks``, ``image_gets``, ..."""
+        return self._store.counters
+
+    @property
+    def tasks_per_prompt(self) -> dict[str, int]:
+        """How many tasks each submitted ``prompt`` created ("" for submits without one)."""
+        return self._store.tasks_per_prompt
+
+    @property
+    def callbacks(self) -> list[CallbackRecord]:
+        """Every callback POST made, with the status received or the error met."""
+        return self._store.callbacks
+
+    def reset_records(self) -> None:
+        """Forget recorded requests, callbacks and counters; tasks and images stay available."""
+        self._store.reset_records()
+
+    def task_record(self, task_id: str) -> dict[str, Any] | None:
+        """Return the task record `/midjourney/tasks` would show now, or None for an unknown id."""
+        task = self._store.tasks.get(task_id)
+        return None if task is None else task.snapshot(self._store.clock())
+
+    # --- lifecycle ---
+
+    async def __aenter__(self) -> Emulator:
+        if self._stack is not None:
+            raise RuntimeError("this emulator is already running")
+        store = self._store
+        # Bind before anything else, so a busy port fails plainly and port 0 resolves to a real port.
+        sock = _bind(self.host, self._requested_port)
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                store.open()
+                # Exit order is the reverse of this: wake waiters, stop serving, cancel background
+                # work, then close the callback session.
+                timeout = aiohttp.ClientTimeout(total=store.settings.callback_timeout)
+                store.http = await stack.enter_async_context(aiohttp.ClientSession(timeout=timeout))
+                stack.callback(setattr, store, "http", None)
+                group = await stack.enter_async_context(anyio.create_task_group())
+                stack.callback(group.cancel_scope.cancel)
+                store.start_soon = _starter(group)
+                stack.callback(setattr, store, "start_soon", None)
+                runner = web.AppRunner(
+                    make_app(store, _acedata.routes()),
+                    handle_signals=False,
+                    handler_cancellation=True,
+                    shutdown_timeout=2.0,
+                    access_log=None,
+                )
+                await runner.setup()
+                stack.push_async_callback(runner.cleanup)
+                await web.SockSite(runner, sock).start()  # the server now owns (and will close) sock
+                self._port = sock.getsockname()[1]
+                store.base_url = self.url
+                stack.callback(store.close)
+                self._stack = stack.pop_all()
+        except BaseException:
+            sock.close()  # harmless if the server already closed it
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            try:
+                # The body's own exception propagates by itself; handing it to the task group would
+                # only wrap it in an ExceptionGroup.
+                await stack.aclose()
+            finally:
+                self._port = None
+
+
+def _starter(group: TaskGroup) -> Callable[[Callable[[], Coroutine[Any, Any, None]]], None]:
+    def start_soon(fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        group.start_soon(fn)
+
+    return start_soon
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """Bind a listening socket first, so port 0 resolves to a real port before serving starts."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        if sys.platform != "win32":  # on Windows this option would let two servers share a port
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock

@@ -1,0 +1,385 @@
+"""Emulator layer: the in-memory task, image and video tables, the request log and the injectable clock.
+
+A job's whole life is planned when it is submitted: a list of timed events (progress bodies, then a
+final or failure body). What any observer sees - the ndjson stream, the `/tasks` record, a callback,
+the synchronous reply - is a pure function of that plan and the clock, so they always agree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import anyio
+from aiohttp import web
+from multidict import CIMultiDict
+
+from ._images import Spec
+
+__all__ = [
+    "COUNTERS",
+    "STORE_KEY",
+    "APIError",
+    "CallbackRecord",
+    "Clock",
+    "Closing",
+    "ImageRecord",
+    "ImageSizes",
+    "ManualClock",
+    "RecordedRequest",
+    "Settings",
+    "Store",
+    "TaskRecord",
+    "VideoRecord",
+]
+
+JSON = dict[str, Any]
+#: Counters that always exist (at 0 until something happens); handlers may add more.
+COUNTERS = (
+    "requests",
+    "tasks",
+    "submits",
+    "streams",
+    "sync_timeouts",
+    "callbacks",
+    "callback_errors",
+    "image_gets",
+    "video_gets",
+)
+#: Returns the current time in unix seconds; `time.time` unless a test injects its own.
+Clock = Callable[[], float]
+
+
+class ManualClock:
+    """A clock that moves only when told to: pass it as ``clock=`` to step jobs through their states."""
+
+    def __init__(self, start: float = 1_750_000_000.0) -> None:
+        self._now = float(start)
+
+    def __call__(self) -> float:
+        return self._now
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock forward by *seconds*."""
+        if seconds < 0:
+            raise ValueError("a clock cannot go backwards")
+        self._now += seconds
+
+
+class APIError(Exception):
+    """Raised by a handler to answer with the provider's error body."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class Closing(Exception):
+    """Raised inside waits when the emulator shuts down, so handlers and callbacks end promptly."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImageSizes:
+    """Pixel sizes of generated images (longest side; the other side follows the aspect ratio)."""
+
+    #: Raw 2x2 grid.
+    grid: int = 1024
+    #: Raw single image made by `upscaleN` (a quadrant enlarged).
+    upscale: int = 1024
+    #: `upscale_2x`/`upscale_4x` results are capped at this.
+    max_side: int = 4096
+    #: Thumbnail (`image_url`) size relative to the raw image.
+    thumbnail_scale: float = 0.5
+    #: Intermediate progress images relative to the final ones.
+    progress_scale: float = 0.5
+    #: A video's first-frame image.
+    video_cover: int = 640
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Everything that configures one emulator instance."""
+
+    speed: float = 0.0
+    tokens: tuple[str, ...] = ("test-token",)
+    banned_words: tuple[str, ...] = ("gore",)
+    max_body_size: int = 16 * 1024 * 1024
+    image_sizes: ImageSizes = field(default_factory=ImageSizes)
+    #: Share of `speed` a job spends queued (no `response` in its record) before progress starts.
+    queue_fraction: float = 0.15
+    callback_timeout: float = 10.0
+    #: With an injected clock, waiters re-read it this often (real seconds).
+    poll_interval: float = 0.01
+    png_cache_size: int = 32
+
+
+@dataclass
+class RecordedRequest:
+    """One API request as the emulator saw it (the authorization header is never kept)."""
+
+    method: str
+    path: str
+    accept: str | None
+    content_type: str | None
+    #: Every header except credentials (case-insensitive lookups).
+    headers: CIMultiDict[str] = field(default_factory=CIMultiDict)
+    json: JSON | None = None
+    status: int | None = None
+
+
+@dataclass(frozen=True)
+class CallbackRecord:
+    """One callback POST the emulator made: the body sent and the HTTP status or the error met."""
+
+    url: str
+    body: JSON
+    status: int | None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """An image that an `image_id` names: its recipe, sizes and the actions it allows."""
+
+    image_id: str
+    spec: Spec
+    raw: tuple[int, int]
+    thumb: tuple[int, int]
+    actions: tuple[str, ...]
+    task_id: str
+
+
+@dataclass(frozen=True)
+class VideoRecord:
+    """A generated set of four videos and the image they start from."""
+
+    video_id: str
+    cover: ImageRecord
+    task_id: str
+    count: int = 4
+
+
+@dataclass
+class TaskRecord:
+    """A job and its planned events; `snapshot(now)` is the provider's task record at that time."""
+
+    id: str
+    type: str
+    application_id: str
+    mode: str
+    request: JSON
+    trace_id: str
+    created_at: float
+    #: ``(time, body)`` in time order: progress bodies, then the final (or failure) body.
+    events: list[tuple[float, JSON]]
+    prompt: str = ""
+    object_id: str = field(default_factory=lambda: secrets.token_hex(12))
+
+    @property
+    def started_at(self) -> float:
+        """When the job leaves the queue (its first event)."""
+        return self.events[0][0]
+
+    @property
+    def finished_at(self) -> float:
+        """When the final body becomes current."""
+        return self.events[-1][0]
+
+    @property
+    def final(self) -> JSON:
+        """The final body: the full result or the failure body."""
+        return self.events[-1][1]
+
+    def response_at(self, now: float) -> JSON | None:
+        """Return the body current at *now*, or None while the job is still queued."""
+        current = None
+        for when, body in self.events:
+            if when > now:
+                break
+            current = body
+        return current
+
+    def snapshot(self, now: float) -> JSON:
+        """Return the task record as `/midjourney/tasks` shows it at *now*."""
+        record: JSON = {
+            "_id": self.object_id,
+            "id": self.id,
+            "type": self.type,
+            "application_id": self.application_id,
+            "mode": self.mode,
+            "request": self.request,
+            "trace_id": self.trace_id,
+            "created_at": self.created_at,
+        }
+        if now >= self.started_at:
+            record["started_at"] = self.started_at
+        response = self.response_at(now)
+        if response is not None:
+            record["response"] = response
+        if now >= self.finished_at:
+            record["finished_at"] = self.finished_at
+            record["duration"] = self.finished_at - self.created_at
+            if isinstance(self.final.get("image_id"), str):
+                record["image_id"] = self.final["image_id"]
+        return record
+
+
+class Store:
+    """All state of one emulator: tables, request log, counters, clock and background hooks."""
+
+    def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
+        self.settings = settings
+        self.clock: Clock = clock or time.time
+        self._real_clock = clock is None
+        self.base_url = ""
+        self.tasks: dict[str, TaskRecord] = {}
+        self.tasks_by_trace: dict[str, TaskRecord] = {}
+        self.images: dict[str, ImageRecord] = {}
+        self.videos: dict[str, VideoRecord] = {}
+        self.requests: list[RecordedRequest] = []
+        self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
+        self.tasks_per_prompt: dict[str, int] = {}
+        self.callbacks: list[CallbackRecord] = []
+        self.png_cache: OrderedDict[tuple[str, int, int, int], bytes] = OrderedDict()
+        self._salts: dict[tuple[str, str], int] = {}
+        self._closing: anyio.Event | None = None
+        # Set by the Emulator while it runs: its task group's `start_soon` and its callback session.
+        self.start_soon: Callable[[Callable[[], Coroutine[Any, Any, None]]], None] | None = None
+        self.http: aiohttp.ClientSession | None = None
+
+    # --- lifecycle and time ---
+
+    def open(self) -> None:
+        """Prepare for serving (anyio events must be made inside the running event loop)."""
+        self._closing = anyio.Event()
+
+    def close(self) -> None:
+        """Wake every waiter so that in-flight requests and callbacks end before shutdown."""
+        if self._closing is not None:
+            self._closing.set()
+
+    async def wait_until(self, when: float) -> None:
+        """Sleep until the clock reaches *when*.
+
+        Raises:
+            Closing: the emulator is shutting down.
+        """
+        closing = self._closing
+        while (now := self.clock()) < when:
+            if closing is None or closing.is_set():
+                raise Closing
+            # An injected clock can jump at any moment, so re-read it often instead of trusting the delay.
+            delay = when - now if self._real_clock else min(when - now, self.settings.poll_interval)
+            with anyio.move_on_after(delay):
+                await closing.wait()
+        if closing is not None and closing.is_set():
+            raise Closing
+
+    def plan(self, bodies: Sequence[JSON]) -> tuple[float, list[tuple[float, JSON]]]:
+        """Schedule *bodies* from now: a queued phase, then evenly spread, the last at ``now + speed``.
+
+        Returns the creation time and the ``(time, body)`` events.
+        """
+        now, speed = self.clock(), self.settings.speed
+        started = now + speed * self.settings.queue_fraction
+        if len(bodies) == 1:
+            return now, [(started, bodies[0])]
+        step = (now + speed - started) / (len(bodies) - 1)
+        return now, [(started + step * k, body) for k, body in enumerate(bodies)]
+
+    # --- ids ---
+
+    @staticmethod
+    def new_uuid() -> str:
+        """Return a fresh UUID4 string (task ids and trace ids)."""
+        return str(uuid.uuid4())
+
+    def new_numeric_id(self, digits: int = 19) -> str:
+        """Return a fresh numeric string like the provider's image ids (19 digits) or video ids (16)."""
+        while True:
+            value = str(10 ** (digits - 1) + secrets.randbelow(9 * 10 ** (digits - 1)))
+            if value not in self.images and value not in self.videos:
+                return value
+
+    def next_salt(self, source_id: str, action: str) -> int:
+        """Count how often *action* was applied to *source_id*, so repeated actions differ, deterministically."""
+        key = (source_id, action)
+        self._salts[key] = self._salts.get(key, 0) + 1
+        return self._salts[key]
+
+    # --- tables ---
+
+    def count(self, name: str, by: int = 1) -> None:
+        """Add *by* to counter *name*."""
+        self.counters[name] = self.counters.get(name, 0) + by
+
+    def add_task(self, task: TaskRecord, *, submit: bool) -> None:
+        """Store *task*; a submit (imagine, edits, videos) also counts towards `submits` and its prompt."""
+        self.tasks[task.id] = task
+        self.tasks_by_trace[task.trace_id] = task
+        self.count("tasks")
+        if submit:
+            self.count("submits")
+            self.tasks_per_prompt[task.prompt] = self.tasks_per_prompt.get(task.prompt, 0) + 1
+
+    def add_image(self, image: ImageRecord) -> ImageRecord:
+        """Store and return *image*."""
+        self.images[image.image_id] = image
+        return image
+
+    def image(self, image_id: str) -> ImageRecord:
+        """Return the image *image_id*, or refuse the request like the provider does."""
+        try:
+            return self.images[image_id]
+        except KeyError:
+            raise APIError(400, "bad_request", f"The image_id `{image_id}` is not found.") from None
+
+    def find_tasks(self, ids: Sequence[str], *, by_trace: bool = False) -> list[TaskRecord]:
+        """Return the tasks among *ids* that exist, in the given order."""
+        table = self.tasks_by_trace if by_trace else self.tasks
+        return [table[i] for i in ids if i in table]
+
+    def reset_records(self) -> None:
+        """Forget recorded requests, callbacks and counters (tasks and images stay)."""
+        self.requests.clear()
+        self.callbacks.clear()
+        self.counters.clear()
+        self.counters.update(dict.fromkeys(COUNTERS, 0))
+        self.tasks_per_prompt.clear()
+
+    # --- callbacks ---
+
+    async def deliver(self, url: str, events: Sequence[tuple[float, JSON]]) -> None:
+        """POST each event's body to *url* when its time comes (stops quietly on shutdown)."""
+        for when, body in events:
+            try:
+                await self.wait_until(when)
+            except Closing:
+                return
+            await self.post_callback(url, body)
+
+    async def post_callback(self, url: str, body: JSON) -> None:
+        """POST *body* to *url* once and record the outcome; failures are recorded, never raised."""
+        if self.http is None:
+            return
+        self.count("callbacks")
+        try:
+            async with self.http.post(url, json=body) as resp:
+                await resp.read()
+                record = CallbackRecord(url, body, resp.status)
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            self.count("callback_errors")
+            record = CallbackRecord(url, body, None, f"{type(exc).__name__}: {exc}")
+        self.callbacks.append(record)
+
+
+STORE_KEY = web.AppKey("mjasync.emulator.store", Store)

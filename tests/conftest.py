@@ -1,0 +1,44 @@
+"""Shared fixtures: anyio on asyncio, the in-package emulator on 127.0.0.1, and a client bound to it."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator
+
+import pytest
+
+import mjasync
+from mjasync.emulator import DEFAULT_TOKEN as EMULATOR_TOKEN
+
+pytest_plugins = ["mjasync.testing"]
+
+#: Fast polling, so submit-and-wait tests take milliseconds against a speed-0 emulator.
+FAST_POLL = mjasync.PollPolicy(initial_interval=0.01, factor=1.5, max_interval=0.05, batch_window=0.005)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run every `async def` test under anyio without a marker on each."""
+    for item in items:
+        if isinstance(item, pytest.Function) and inspect.iscoroutinefunction(item.function):
+            item.add_marker(pytest.mark.anyio)
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def open_connections(client: mjasync.Client) -> int:
+    """How many pooled connections are checked out (a leak if non-zero between requests)."""
+    session = client._pool._session
+    if session is None:
+        return 0
+    return len(session.connector._acquired)  # type: ignore[union-attr]
+
+
+@pytest.fixture
+async def mj(mj_emulator: object) -> AsyncIterator[mjasync.Client]:
+    """A client talking to the emulator; after the test, no connection may still be checked out."""
+    async with mjasync.Client(api_key=EMULATOR_TOKEN, base_url=mj_emulator.url, poll=FAST_POLL) as client:  # type: ignore[attr-defined]
+        yield client
+        assert open_connections(client) == 0, "a test left a connection checked out"

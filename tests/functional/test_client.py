@@ -1,0 +1,273 @@
+"""Client behaviour against the emulator: validation before sending, errors, lifecycle, options, logging."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import aiohttp
+import pytest
+
+import mjasync
+from mjasync.emulator import Emulator
+from mjasync.testing import EMULATOR_TOKEN
+
+from ..conftest import FAST_POLL, open_connections
+
+URL = "https://cdn.example.com/a.png"
+
+
+async def grid_and_upscale(mj: mjasync.Client) -> tuple[mjasync.ImagineResult, mjasync.ImagineResult]:
+    grid = await mj.imagine("a cat")
+    return grid, await mj.upscale(grid, 1)
+
+
+BAD_INPUTS: list[tuple[str, Any]] = [
+    ("six image urls", lambda mj, g, u: mj.imagine("x", image_urls=[URL] * 6)),
+    ("blend of six", lambda mj, g, u: mj.blend([URL] * 6, "x")),
+    ("blend of one", lambda mj, g, u: mj.blend([URL], "x")),
+    ("ftp url", lambda mj, g, u: mj.imagine("x", image_urls=["ftp://example.com/a.png"])),
+    ("javascript url", lambda mj, g, u: mj.imagine("x", image_urls=["javascript:alert(1)"])),
+    ("relative url", lambda mj, g, u: mj.edits("/a.png", "x")),
+    ("unknown mode", lambda mj, g, u: mj.imagine("x", mode="ludicrous")),
+    ("relax video", lambda mj, g, u: mj.videos(URL, mode="relax")),
+    ("bad resolution", lambda mj, g, u: mj.videos(URL, resolution="4k")),
+    ("action not listed on a grid", lambda mj, g, u: mj.upscale_2x(g)),
+    ("action not listed on an upscale", lambda mj, g, u: mj.upscale(u, 2)),
+    ("unknown action on a result", lambda mj, g, u: mj.act(g, "teleport")),
+    ("grid index 5", lambda mj, g, u: mj.upscale(g, 5)),
+    ("grid index 0", lambda mj, g, u: mj.variation(g, 0)),
+    ("zoom 3x", lambda mj, g, u: mj.zoom_out(u, 3)),
+    ("pan sideways", lambda mj, g, u: mj.pan(u, "sideways")),
+    ("region without mask", lambda mj, g, u: mj.variation_region(u, None)),
+    ("mask not an image", lambda mj, g, u: mj.variation_region(u, b"not an image")),
+    ("empty prompt", lambda mj, g, u: mj.imagine("   ")),
+    ("negative timeout", lambda mj, g, u: mj.imagine("x", timeout=-1)),
+    ("stylize out of range", lambda mj, g, u: mj.imagine("x", params=mjasync.PromptParams(stylize=5000))),
+    ("bad version", lambda mj, g, u: mj.imagine("x", version="seven")),
+    ("bad quality", lambda mj, g, u: mj.imagine("x", quality="3")),
+    ("bad callback url", lambda mj, g, u: mj.imagine("x", callback_url="not a url")),
+    ("video index 4", lambda mj, g, u: mj.extend_video("123", index=4)),
+    ("empty translate", lambda mj, g, u: mj.translate("")),
+    ("describe ftp", lambda mj, g, u: mj.describe("ftp://x/y.png")),
+    ("task id and trace id", lambda mj, g, u: mj.retrieve_task("a", trace_id="b")),
+    ("task ids as one string", lambda mj, g, u: mj.retrieve_tasks("abc")),
+]
+
+
+@pytest.mark.parametrize(("name", "make"), BAD_INPUTS, ids=[n for n, _ in BAD_INPUTS])
+async def test_bad_input_raises_before_anything_is_sent(
+    mj: mjasync.Client, mj_emulator: Any, name: str, make: Any
+) -> None:
+    """Each bad input raises a clear InvalidRequestError and the emulator sees no request for it."""
+    grid, upscaled = await grid_and_upscale(mj)
+    before = len(mj_emulator.requests)
+    with pytest.raises(mjasync.InvalidRequestError) as caught:
+        result = make(mj, grid, upscaled)
+        if hasattr(result, "__await__"):
+            await result
+    assert str(caught.value), "the error says what is wrong"
+    assert len(mj_emulator.requests) == before, f"{name}: a request was sent"
+
+
+async def test_unlisted_action_error_names_the_available_ones(mj: mjasync.Client) -> None:
+    """ActionNotAvailableError lists what the result does offer."""
+    grid = await mj.imagine("a cat")
+    with pytest.raises(mjasync.ActionNotAvailableError) as caught:
+        mj.pan(grid, "left")
+    assert caught.value.action == "pan_left" and "upscale1" in caught.value.available
+    assert "upscale1" in str(caught.value)
+
+
+async def test_any_listed_action_string_is_accepted(mj: mjasync.Client, mj_emulator: Any) -> None:
+    """act() takes any action the result lists, and a bare image_id with any action name."""
+    grid = await mj.imagine("a cat")
+    assert (await mj.act(grid, "reroll")).is_final
+    assert grid.image_id is not None
+    assert (await mj.act(grid.image_id, "upscale3")).actions
+
+
+async def test_wrong_token_maps_to_authentication_error_without_the_token(mj_emulator: Any) -> None:
+    """A 401 becomes AuthenticationError with status, code and trace_id; the key is in neither str nor repr."""
+    secret = "sk-wrong-0123456789"
+    async with mjasync.Client(api_key=secret, base_url=mj_emulator.url) as client:
+        with pytest.raises(mjasync.AuthenticationError) as caught:
+            await client.imagine("a cat")
+        assert open_connections(client) == 0
+    error = caught.value
+    assert error.status == 401 and error.code == "invalid_token" and error.trace_id
+    for text in (str(error), repr(error), error.body or "", error.message):
+        assert secret not in text
+    assert secret not in repr(client)
+
+
+async def test_moderation_and_unknown_image_map_to_their_classes(mj: mjasync.Client) -> None:
+    """A banned word gives ModerationError (403 forbidden); an unknown image_id gives BadRequestError."""
+    with pytest.raises(mjasync.ModerationError) as moderation:
+        await mj.imagine("something with gore in it")
+    assert (
+        moderation.value.status == 403 and moderation.value.code == "forbidden" and moderation.value.trace_id
+    )
+    with pytest.raises(mjasync.BadRequestError) as unknown:
+        await mj.act("999999", "upscale1")
+    assert unknown.value.status == 400 and unknown.value.trace_id
+
+
+async def test_errors_in_every_wait_strategy_are_typed(mj: mjasync.Client) -> None:
+    """Moderation is raised the same way whether the job streams, polls or waits synchronously."""
+    for via in ("stream", "poll", "sync"):
+        with pytest.raises(mjasync.ModerationError):
+            await mj.imagine("gore").result(via=via)  # type: ignore[arg-type]
+
+
+async def test_sync_wait_past_the_server_timeout_raises_gateway_timeout() -> None:
+    """A synchronous call whose job outlasts `timeout` gets the provider's 504 as GatewayTimeoutError."""
+    async with Emulator(tokens=(EMULATOR_TOKEN,), speed=5.0) as emulator:
+        async with mjasync.Client(api_key=EMULATOR_TOKEN, base_url=emulator.url) as client:
+            with pytest.raises(mjasync.GatewayTimeoutError) as caught:
+                await client.imagine("a slow cat", timeout=0.2).result(via="sync")
+    assert caught.value.status == 504 and caught.value.code == "timeout"
+    assert isinstance(caught.value, mjasync.ServerError)
+
+
+async def test_wait_deadline_raises_wait_timeout_and_the_task_stays_known() -> None:
+    """handle.wait(deadline=...) gives up with WaitTimeoutError carrying the task_id."""
+    async with Emulator(tokens=(EMULATOR_TOKEN,), speed=30.0) as emulator:
+        async with mjasync.Client(api_key=EMULATOR_TOKEN, base_url=emulator.url, poll=FAST_POLL) as client:
+            handle = await client.imagine("a slow cat").submit()
+            with pytest.raises(mjasync.WaitTimeoutError) as caught:
+                await handle.wait(deadline=0.2)
+            assert caught.value.task_id == handle.task_id
+            record = await handle.record()
+            assert record.id == handle.task_id
+            assert client.poller.fetches >= 1
+
+
+async def test_breaking_out_of_a_stream_releases_its_connection(mj: mjasync.Client) -> None:
+    """Leaving a stream early (the `async with` exits) leaves no connection checked out."""
+    async with mj.imagine("a cat").stream() as updates:
+        async for update in updates:
+            assert update.task_id
+            break
+    assert open_connections(mj) == 0
+    assert (await mj.imagine("another cat")).is_final
+
+
+async def test_client_reads_key_and_url_from_the_environment(
+    mj_emulator: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MJASYNC_API_KEY, then ACEDATACLOUD_API_TOKEN; MJASYNC_BASE_URL."""
+    monkeypatch.delenv("MJASYNC_API_KEY", raising=False)
+    monkeypatch.setenv("ACEDATACLOUD_API_TOKEN", EMULATOR_TOKEN)
+    monkeypatch.setenv("MJASYNC_BASE_URL", mj_emulator.url)
+    async with mjasync.Client() as client:
+        assert client.base_url == mj_emulator.url
+        assert (await client.translate("猫")).content
+    monkeypatch.setenv("MJASYNC_API_KEY", "other-key")
+    async with mjasync.Client() as client:
+        with pytest.raises(mjasync.AuthenticationError):
+            await client.translate("猫")
+    monkeypatch.delenv("MJASYNC_API_KEY")
+    monkeypatch.delenv("ACEDATACLOUD_API_TOKEN")
+    with pytest.raises(mjasync.InvalidRequestError, match="MJASYNC_API_KEY"):
+        mjasync.Client()
+
+
+def test_constructor_rejects_bad_options() -> None:
+    """Options are checked when the client is built."""
+    with pytest.raises(mjasync.InvalidRequestError):
+        mjasync.Client(api_key="k", base_url="ftp://example.com")
+    with pytest.raises(mjasync.InvalidRequestError):
+        mjasync.Client(api_key="k", provider="nope")
+    with pytest.raises(mjasync.InvalidRequestError):
+        mjasync.Client(api_key="k", wait_via="carrier-pigeon")  # type: ignore[arg-type]
+    with pytest.raises(mjasync.InvalidRequestError):
+        mjasync.Client(api_key="k", default_headers={"Authorization": "Bearer x"})
+    with pytest.raises(mjasync.InvalidRequestError):
+        mjasync.Timeouts(connect=0)
+    with pytest.raises(mjasync.InvalidRequestError):
+        mjasync.Limits(max_connections=0)
+
+
+async def test_with_options_shares_the_pool_and_only_the_owner_closes_it(mj_emulator: Any) -> None:
+    """A derived client reuses the parent's session; closing it leaves the parent usable."""
+    async with mjasync.Client(api_key=EMULATOR_TOKEN, base_url=mj_emulator.url) as parent:
+        child = parent.with_options(timeouts=mjasync.Timeouts(read=5.0), wait_via="poll", poll=FAST_POLL)
+        assert (await child.imagine("a cat")).is_final
+        assert child._pool is parent._pool
+        await child.aclose()
+        assert (await parent.translate("猫")).content
+    assert parent._pool.closed
+    with pytest.raises(RuntimeError, match="closed"):
+        await parent.translate("猫")
+
+
+async def test_injected_session_is_used_and_left_open(mj_emulator: Any) -> None:
+    """An aiohttp session passed in is used for requests and not closed by the client."""
+    async with aiohttp.ClientSession() as session:
+        async with mjasync.Client(
+            api_key=EMULATOR_TOKEN, base_url=mj_emulator.url, http_session=session
+        ) as client:
+            assert (await client.imagine("a cat")).is_final
+        assert not session.closed
+    assert mj_emulator.requests
+
+
+async def test_default_headers_are_sent(mj_emulator: Any) -> None:
+    """default_headers go out with every API request."""
+    async with mjasync.Client(
+        api_key=EMULATOR_TOKEN, base_url=mj_emulator.url, default_headers={"x-team": "render-farm"}
+    ) as client:
+        await client.translate("猫")
+    assert mj_emulator.requests[-1].headers.get("x-team") == "render-farm"
+
+
+async def test_debug_log_shows_method_path_status_and_never_the_key(
+    mj: mjasync.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The mjasync logger says which request went where and how it ended, with no credential."""
+    with caplog.at_level(logging.DEBUG, logger="mjasync"):
+        await mj.imagine("a cat")
+        with pytest.raises(mjasync.ModerationError):
+            await mj.imagine("gore")
+    lines = [r.getMessage() for r in caplog.records if r.name == "mjasync"]
+    assert any("POST /midjourney/imagine -> 200" in line for line in lines)
+    assert any("POST /midjourney/imagine -> 403" in line for line in lines)
+    assert all(EMULATOR_TOKEN not in line for line in lines)
+
+
+async def test_connection_refused_is_a_connection_error_that_never_reached_the_server() -> None:
+    """A closed port raises APIConnectionError with may_have_reached_server False."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    async with mjasync.Client(api_key="k", base_url=f"http://127.0.0.1:{port}") as client:
+        with pytest.raises(mjasync.APIConnectionError) as caught:
+            await client.imagine("a cat")
+    assert caught.value.may_have_reached_server is False
+
+
+async def test_redirects_are_not_followed(mj_emulator: Any) -> None:
+    """A 3xx is reported, not followed, so the key never travels to the Location."""
+    from aiohttp import web
+
+    async def moved(request: web.Request) -> web.Response:
+        raise web.HTTPTemporaryRedirect(location=f"{mj_emulator.url}/midjourney/translate")
+
+    app = web.Application()
+    app.router.add_post("/midjourney/translate", moved)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        async with mjasync.Client(api_key=EMULATOR_TOKEN, base_url=f"http://127.0.0.1:{port}") as client:
+            with pytest.raises(mjasync.APIStatusError, match="redirect") as caught:
+                await client.translate("猫")
+        assert caught.value.status == 307
+        assert not [r for r in mj_emulator.requests if r.path == "/midjourney/translate"]
+    finally:
+        await runner.cleanup()
