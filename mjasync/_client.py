@@ -99,7 +99,37 @@ class Client:
         wait_via: WaitVia = "stream",
         max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
-        _pool: SessionPool | None = None,
+    ) -> None:
+        self._configure(
+            api_key=api_key,
+            base_url=base_url,
+            provider=provider,
+            timeouts=timeouts,
+            limits=limits,
+            poll=poll,
+            default_headers=default_headers,
+            http_session=http_session,
+            wait_via=wait_via,
+            max_line_bytes=max_line_bytes,
+            max_response_bytes=max_response_bytes,
+            pool=None,
+        )
+
+    def _configure(
+        self,
+        *,
+        api_key: str | None,
+        base_url: str | None,
+        provider: str,
+        timeouts: Timeouts | None,
+        limits: Limits | None,
+        poll: PollPolicy | None,
+        default_headers: Mapping[str, str] | None,
+        http_session: aiohttp.ClientSession | None,
+        wait_via: WaitVia,
+        max_line_bytes: int,
+        max_response_bytes: int,
+        pool: SessionPool | None,
     ) -> None:
         self._provider: Provider = get_provider(provider)
         key = api_key or os.environ.get(ENV_API_KEY) or os.environ.get(ENV_API_KEY_FALLBACK)
@@ -129,8 +159,8 @@ class Client:
             "max_response_bytes": max_response_bytes,
         }
         self._api_key = key
-        self._owns_pool = _pool is None
-        self._pool = _pool or SessionPool(
+        self._owns_pool = pool is None
+        self._pool = pool or SessionPool(
             limits=self._options["limits"], user_agent=_USER_AGENT, session=http_session
         )
         transport = Transport(
@@ -211,9 +241,15 @@ class Client:
             "max_response_bytes": max_response_bytes,
         }
         options.update({k: v for k, v in changes.items() if v is not None})
-        return Client(
-            api_key=api_key or self._api_key, base_url=base_url or self._base_url, _pool=self._pool, **options
+        derived = Client.__new__(Client)
+        derived._configure(
+            api_key=api_key or self._api_key,
+            base_url=base_url or self._base_url,
+            http_session=None,
+            pool=self._pool,
+            **options,
         )
+        return derived
 
     # -- imagine and its follow-up actions ------------------------------------------------------------
 

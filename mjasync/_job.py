@@ -11,7 +11,7 @@ import anyio
 import backoff
 
 from ._config import DEFAULT_SERVER_TIMEOUT, PollPolicy
-from ._exceptions import JobFailedError, ResponseDecodeError, WaitTimeoutError
+from ._exceptions import InvalidRequestError, JobFailedError, ResponseDecodeError, WaitTimeoutError
 from ._models.requests import JobRequest
 from ._models.results import Result
 from ._models.task import TaskRecord
@@ -82,7 +82,7 @@ class Job(Generic[R]):
             return await (await self.submit()).wait()
         if via == "sync":
             return await self._long_wait()
-        raise ValueError(f"via must be 'stream', 'poll' or 'sync', not {via!r}")
+        raise InvalidRequestError(f"via must be 'stream', 'poll' or 'sync', not {via!r}")
 
     def stream(self) -> JobStream[R]:
         """Send the job with `accept: application/x-ndjson` and iterate its progress updates."""

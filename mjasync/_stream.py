@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Generic, TypeVar
 
@@ -33,7 +34,7 @@ class JobStream(Generic[R]):
         self._body = body
         self._headers = headers
         self._reader: LineReader | None = None
-        self._response_release: object | None = None
+        self._response_release: Callable[[], None] | None = None
         self._finished = False
         #: The job's task id, once the first line has arrived.
         self.task_id: str | None = None
@@ -109,5 +110,5 @@ class JobStream(Generic[R]):
     def _close(self) -> None:
         self._finished = True
         release, self._response_release = self._response_release, None
-        if callable(release):
+        if release is not None:
             release()

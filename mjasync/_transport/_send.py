@@ -17,6 +17,7 @@ from multidict import CIMultiDictProxy
 
 from .._config import Timeouts
 from .._exceptions import APIConnectionError, APIError, APIStatusError, APITimeoutError, ResponseDecodeError
+from .._types import NOT_GIVEN, NotGiven
 from ._pool import SessionPool
 
 __all__ = ["ErrorForStatus", "Transport", "WireResponse", "log"]
@@ -101,13 +102,13 @@ class Transport:
         *,
         headers: Mapping[str, str] | None = None,
         read_timeout: float | None = None,
-        total_timeout: float | bool | None = True,
+        total_timeout: float | NotGiven | None = NOT_GIVEN,
     ) -> WireResponse:
         """POST JSON and read the whole answer; a non-2xx status raises the provider's typed error.
 
-        `total_timeout=True` means the client's default overall limit; None means no overall limit.
+        `total_timeout` defaults to the client's overall limit; None means no overall limit.
         """
-        total = self.timeouts.total if total_timeout is True else (total_timeout or None)
+        total = self.timeouts.total if isinstance(total_timeout, NotGiven) else total_timeout
         response = await self.open(
             path, body, headers=headers, timeout=self.client_timeout(read=read_timeout, total=total)
         )

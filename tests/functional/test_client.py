@@ -271,3 +271,26 @@ async def test_redirects_are_not_followed(mj_emulator: Any) -> None:
         assert not [r for r in mj_emulator.requests if r.path == "/midjourney/translate"]
     finally:
         await runner.cleanup()
+
+
+def test_client_is_built_outside_a_loop_and_leaves_no_tasks() -> None:
+    """A Client made in plain sync code works inside a later loop and leaves no task behind when closed."""
+    import asyncio
+
+    client_holder: dict[str, mjasync.Client] = {}
+
+    async def scenario() -> set[asyncio.Task[Any]]:
+        async with Emulator(tokens=(EMULATOR_TOKEN,)) as emulator:
+            client = mjasync.Client(api_key=EMULATOR_TOKEN, base_url=emulator.url, poll=FAST_POLL)
+            client_holder["c"] = client
+            before = asyncio.all_tasks()
+            async with client:
+                assert (await client.imagine("a cat")).is_final
+                assert (await client.imagine("a dog").result(via="poll")).is_final
+            await client.aclose()  # idempotent
+            await asyncio.sleep(0)
+            return asyncio.all_tasks() - before
+
+    leftover = asyncio.run(scenario())
+    assert leftover == set()
+    assert client_holder["c"]._pool.closed
