@@ -169,7 +169,7 @@ class Emulator:
                 store.start_soon = _starter(group)
                 stack.callback(setattr, store, "start_soon", None)
                 runner = web.AppRunner(
-                    make_app(store, _acedata.routes()),
+                    make_app(store, [_acedata.provider()]),
                     handle_signals=False,
                     handler_cancellation=True,
                     shutdown_timeout=2.0,

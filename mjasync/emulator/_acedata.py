@@ -22,7 +22,9 @@ from . import _images as images
 from ._app import (
     HTTP_URL,
     Handler,
+    ProviderSpec,
     bad_request,
+    bearer_authorized,
     choice,
     error_response,
     flag,
@@ -35,7 +37,7 @@ from ._app import (
 )
 from ._store import STORE_KEY, APIError, Closing, ImageRecord, Store, TaskRecord, VideoRecord
 
-__all__ = ["ENLARGED_ACTIONS", "GRID_ACTIONS", "PROGRESS_STEPS", "UPSCALED_ACTIONS", "routes"]
+__all__ = ["ENLARGED_ACTIONS", "GRID_ACTIONS", "PROGRESS_STEPS", "UPSCALED_ACTIONS", "provider", "routes"]
 
 JSON = dict[str, Any]
 
@@ -62,6 +64,17 @@ _ASPECT = re.compile(r"--(?:ar|aspect)\s+(\d+(?:\.\d+)?)\s*:\s*(\d+(?:\.\d+)?)")
 # A single-dash token is not a Midjourney parameter; the seed's failure callback shows this exact message.
 _BAD_ARGUMENT = re.compile(r"(?<!\S)(-[A-Za-z]\w*)(?:\s+([^\s-]\S*))?")
 _FAILURE_STATUS = {"bad_request": 400, "forbidden": 403, "timeout": 504}
+
+
+def provider() -> ProviderSpec:
+    """AceData Cloud: Bearer token, JSON POSTs under ``/midjourney/``, `{success, error, trace_id}` errors."""
+    return ProviderSpec(
+        name="acedata",
+        prefix="/midjourney/",
+        routes=routes(),
+        authorized=bearer_authorized,
+        error_response=error_response,
+    )
 
 
 def routes() -> list[tuple[str, Handler]]:

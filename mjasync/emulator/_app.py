@@ -6,6 +6,7 @@ import json
 import logging
 import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 import anyio.to_thread
@@ -18,8 +19,12 @@ from ._store import STORE_KEY, APIError, Closing, RecordedRequest, Store
 __all__ = [
     "HTTP_URL",
     "Handler",
+    "ProviderSpec",
+    "provider_for",
     "bad_request",
+    "bearer_authorized",
     "choice",
+    "error_for",
     "error_response",
     "flag",
     "json_body",
@@ -37,7 +42,6 @@ JSON = dict[str, Any]
 HTTP_URL = re.compile(r"^https?://[^\s/]+\S*$", re.IGNORECASE)
 
 _log = logging.getLogger("mjasync.emulator")
-_API_PREFIX = "/midjourney/"
 # Never recorded: tests may print or log what the emulator saw.
 _SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "x-api-key", "cookie"})
 _MAX_RENDER_SIDE = 8192
@@ -66,13 +70,57 @@ def error_response(status: int, code: str, message: str, *, trace_id: str | None
     return web.json_response(body, status=status)
 
 
-def make_app(store: Store, routes: Iterable[tuple[str, Handler]]) -> web.Application:
-    """Build the application serving *routes* (POST, JSON, bearer auth) plus the image and video CDN."""
+@dataclass(frozen=True)
+class ProviderSpec:
+    """One provider the emulator speaks: where its API lives, how it checks keys, how its errors look."""
+
+    name: str
+    #: Every API path of this provider starts with it, e.g. ``/midjourney/``.
+    prefix: str
+    routes: Sequence[tuple[str, Handler]]
+    #: Whether the request carries an accepted key for this provider.
+    authorized: Callable[[web.Request, tuple[str, ...]], bool]
+    #: The provider's error response for (status, code, message).
+    error_response: Callable[[int, str, str], web.Response]
+
+
+PROVIDERS_KEY = web.AppKey("mjasync.emulator.providers", tuple)
+
+
+def provider_for(request: web.Request) -> ProviderSpec | None:
+    """The provider whose API *request* is for, or None (CDN and emulator-only routes)."""
+    for spec in request.app[PROVIDERS_KEY]:
+        if request.path.startswith(spec.prefix):
+            return cast(ProviderSpec, spec)
+    return None
+
+
+def error_for(request: web.Request, status: int, code: str, message: str) -> web.Response:
+    """The error response in the shape of the provider *request* is for (AceData's shape otherwise)."""
+    spec = provider_for(request)
+    return spec.error_response(status, code, message) if spec else error_response(status, code, message)
+
+
+def make_app(
+    store: Store,
+    providers: Sequence[ProviderSpec],
+    *,
+    middlewares: Sequence[Callable[..., Awaitable[web.StreamResponse]]] = (),
+    extra_routes: Iterable[web.RouteDef] = (),
+) -> web.Application:
+    """Build the application serving each provider's API plus the image and video CDN.
+
+    *middlewares* run inside the request log and auth (so every request they see is recorded and
+    authorised); *extra_routes* are emulator-only routes outside any provider's prefix.
+    """
     # client_max_size makes aiohttp stop reading a body as soon as it passes the bound.
-    app = web.Application(client_max_size=store.settings.max_body_size, middlewares=[_api])
+    app = web.Application(client_max_size=store.settings.max_body_size, middlewares=[_api, *middlewares])
     app[STORE_KEY] = store
-    for path, handler in routes:
-        app.router.add_post(path, handler)
+    app[PROVIDERS_KEY] = tuple(providers)
+    for spec in providers:
+        for path, handler in spec.routes:
+            app.router.add_post(path, handler)
+    app.router.add_routes(list(extra_routes))
     app.router.add_get(r"/images/{image_id:\d+}.png", _get_image)
     app.router.add_get(r"/images/{image_id:\d+}/0_{index:[0-3]}.png", _get_image)
     app.router.add_get(r"/videos/{video_id:\d+}/0_{index:[0-3]}.mp4", _get_video)
@@ -82,7 +130,8 @@ def make_app(store: Store, routes: Iterable[tuple[str, Handler]]) -> web.Applica
 @web.middleware
 async def _api(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Log and count every API request (never its auth header); the CDN routes pass straight through."""
-    if not request.path.startswith(_API_PREFIX):
+    spec = provider_for(request)
+    if spec is None:
         return await handler(request)
     store = request.app[STORE_KEY]
     entry = RecordedRequest(
@@ -94,39 +143,39 @@ async def _api(request: web.Request, handler: Handler) -> web.StreamResponse:
     )
     store.requests.append(entry)
     store.count("requests")
-    response = await _guarded(request, handler, store, entry)
+    response = await _guarded(request, handler, store, entry, spec)
     entry.status = response.status
     return response
 
 
 async def _guarded(
-    request: web.Request, handler: Handler, store: Store, entry: RecordedRequest
+    request: web.Request, handler: Handler, store: Store, entry: RecordedRequest, spec: ProviderSpec
 ) -> web.StreamResponse:
     """Admit the request and run *handler*, turning every failure into the provider's error body."""
     try:
-        entry.json = await _admit(request, store)
+        entry.json = await _admit(request, store, spec)
         return await handler(request)
     except APIError as exc:
-        return error_response(exc.status, exc.code, exc.message)
+        return spec.error_response(exc.status, exc.code, exc.message)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         code = _ERROR_CODES.get(exc.status, "bad_request")
-        return error_response(exc.status, code, _ERROR_MESSAGES.get(exc.status, exc.reason))
+        return spec.error_response(exc.status, code, _ERROR_MESSAGES.get(exc.status, exc.reason))
     except Closing:
-        return error_response(503, "api_error", "The emulator is shutting down.")
+        return spec.error_response(503, "api_error", "The emulator is shutting down.")
     except Exception:
         _log.exception("emulator handler failed on %s", request.path)
-        return error_response(500, "api_error", "Internal server error.")
+        return spec.error_response(500, "api_error", "Internal server error.")
 
 
-async def _admit(request: web.Request, store: Store) -> JSON | None:
-    """Check the body size and the bearer token, then the JSON body; return the body if it is an object."""
+async def _admit(request: web.Request, store: Store, spec: ProviderSpec) -> JSON | None:
+    """Check the body size and the key, then the JSON body; return the body if it is an object."""
     limit = store.settings.max_body_size
     if request.content_length is not None and request.content_length > limit:
         # Refuse on the declared length alone, without reading the body.
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
-    if not _authorized(request.headers.get("Authorization", ""), store.settings.tokens):
+    if not spec.authorized(request, store.settings.tokens):
         raise APIError(401, "invalid_token", "The specified token is invalid or wrong.")
     if request.method != "POST":
         return None
@@ -134,8 +183,9 @@ async def _admit(request: web.Request, store: Store) -> JSON | None:
     return body if isinstance(body, dict) else None
 
 
-def _authorized(header: str, tokens: tuple[str, ...]) -> bool:
-    scheme, _, token = header.partition(" ")
+def bearer_authorized(request: web.Request, tokens: tuple[str, ...]) -> bool:
+    """Whether `Authorization: Bearer <token>` names an accepted token."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         return False
