@@ -16,11 +16,15 @@ pytest_plugins = ["mjasync.testing"]
 FAST_POLL = mjasync.PollPolicy(initial_interval=0.01, factor=1.5, max_interval=0.05, batch_window=0.005)
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Run every `async def` test under anyio without a marker on each."""
-    for item in items:
-        if isinstance(item, pytest.Function) and inspect.iscoroutinefunction(item.function):
-            item.add_marker(pytest.mark.anyio)
+@pytest.hookimpl(tryfirst=True)
+def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: object) -> None:
+    """Run every `async def` test under anyio without a marker on each.
+
+    The mark goes on at collection, before anyio's own hook looks for it, so anyio can add its
+    backend fixture before parametrisation; marking items afterwards loses their parameters.
+    """
+    if name.startswith("test") and inspect.iscoroutinefunction(obj):
+        pytest.mark.anyio(obj)
 
 
 @pytest.fixture(scope="session")

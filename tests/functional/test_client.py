@@ -121,13 +121,33 @@ async def test_errors_in_every_wait_strategy_are_typed(mj: mjasync.Client) -> No
 
 
 async def test_sync_wait_past_the_server_timeout_raises_gateway_timeout() -> None:
-    """A synchronous call whose job outlasts `timeout` gets the provider's 504 as GatewayTimeoutError."""
+    """A synchronous call reads longer than the `timeout` it sends, so the provider's 504 arrives first.
+
+    The client's idle read limit is set far below the server timeout: had the long wait used it, the
+    call would end in APITimeoutError, and the task id the 504 keeps would be lost.
+    """
+    short_reads = mjasync.Timeouts(read=0.05, long_wait_margin=5.0)
     async with Emulator(tokens=(EMULATOR_TOKEN,), speed=5.0) as emulator:
-        async with mjasync.Client(api_key=EMULATOR_TOKEN, base_url=emulator.url) as client:
+        async with mjasync.Client(
+            api_key=EMULATOR_TOKEN, base_url=emulator.url, timeouts=short_reads
+        ) as client:
             with pytest.raises(mjasync.GatewayTimeoutError) as caught:
-                await client.imagine("a slow cat", timeout=0.2).result(via="sync")
-    assert caught.value.status == 504 and caught.value.code == "timeout"
+                await client.imagine("a slow cat", timeout=0.5).result(via="sync")
+            assert emulator.requests[-1].json is not None
+            assert emulator.requests[-1].json["timeout"] == 0.5
+    assert caught.value.status == 504
+    assert caught.value.code == "timeout"
     assert isinstance(caught.value, mjasync.ServerError)
+
+
+async def test_sequential_calls_reuse_one_keep_alive_connection(mj: mjasync.Client) -> None:
+    """Five calls in a row go over one pooled connection, not five."""
+    for _ in range(5):
+        await mj.translate("猫")
+    session = mj._pool._session
+    assert session is not None
+    pooled = session.connector._conns  # type: ignore[union-attr]
+    assert sum(len(conns) for conns in pooled.values()) == 1
 
 
 async def test_wait_deadline_raises_wait_timeout_and_the_task_stays_known() -> None:
@@ -294,3 +314,46 @@ def test_client_is_built_outside_a_loop_and_leaves_no_tasks() -> None:
     leftover = asyncio.run(scenario())
     assert leftover == set()
     assert client_holder["c"]._pool.closed
+
+
+async def _silent_server(drop: bool) -> tuple[Any, int]:
+    """A 127.0.0.1 server that reads a request, then closes the connection (drop) or never answers."""
+    import asyncio
+
+    held: list[asyncio.StreamWriter] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        if drop:
+            writer.close()
+        else:
+            held.append(writer)
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    server.held = held  # type: ignore[attr-defined]
+    return server, server.sockets[0].getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    ("drop", "error"),
+    [(True, mjasync.APIConnectionError), (False, mjasync.APITimeoutError)],
+    ids=["drop", "stall"],
+)
+async def test_failure_after_sending_may_have_reached_the_server(drop: bool, error: type[Exception]) -> None:
+    """A connection dropped, or a read that times out, after the request went out may have created a task."""
+    server, port = await _silent_server(drop)
+    try:
+        timeouts = mjasync.Timeouts(read=0.2, stream_read=0.2)
+        async with mjasync.Client(
+            api_key="k", base_url=f"http://127.0.0.1:{port}", timeouts=timeouts
+        ) as client:
+            for via in ("poll", "stream"):
+                with pytest.raises(error) as caught:
+                    await client.imagine("a cat").result(via=via)  # type: ignore[arg-type]
+                assert caught.value.may_have_reached_server is True  # type: ignore[attr-defined]
+            assert open_connections(client) == 0
+    finally:
+        for writer in server.held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
