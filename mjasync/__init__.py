@@ -14,8 +14,10 @@ from ._client import DEFAULT_MAX_DOWNLOAD_BYTES as DEFAULT_MAX_DOWNLOAD_BYTES
 from ._client import Client as Client
 from ._config import Limits as Limits
 from ._config import PollPolicy as PollPolicy
+from ._config import RetryPolicy as RetryPolicy
 from ._config import Timeouts as Timeouts
 from ._exceptions import ActionNotAvailableError as ActionNotAvailableError
+from ._exceptions import AmbiguousSubmitError as AmbiguousSubmitError
 from ._exceptions import APIConnectionError as APIConnectionError
 from ._exceptions import APIError as APIError
 from ._exceptions import APIStatusError as APIStatusError
@@ -40,6 +42,9 @@ from ._exceptions import StreamInterruptedError as StreamInterruptedError
 from ._exceptions import WaitTimeoutError as WaitTimeoutError
 from ._job import Job as Job
 from ._job import TaskHandle as TaskHandle
+from ._job import TaskUpdates as TaskUpdates
+from ._limiter import JobLimiter as JobLimiter
+from ._limiter import LimiterStatistics as LimiterStatistics
 from ._models.params import PromptParams as PromptParams
 from ._models.results import DescribeResult as DescribeResult
 from ._models.results import EditsResult as EditsResult
@@ -64,6 +69,7 @@ from ._types import WaitVia as WaitVia
 
 __all__ = [
     "ActionNotAvailableError",
+    "AmbiguousSubmitError",
     "APIConnectionError",
     "APIError",
     "APIStatusError",
@@ -80,7 +86,9 @@ __all__ = [
     "InvalidRequestError",
     "Job",
     "JobFailedError",
+    "JobLimiter",
     "JobStream",
+    "LimiterStatistics",
     "Limits",
     "LineTooLongError",
     "MalformedLineError",
@@ -98,6 +106,7 @@ __all__ = [
     "RateLimitError",
     "ResponseDecodeError",
     "Result",
+    "RetryPolicy",
     "SeedResult",
     "ServerError",
     "ShortenResult",
@@ -107,6 +116,7 @@ __all__ = [
     "TaskHandle",
     "TaskRecord",
     "TaskState",
+    "TaskUpdates",
     "Timeouts",
     "TranslateResult",
     "VideoMode",

@@ -14,6 +14,7 @@ import aiohttp
 import anyio
 import msgspec
 
+from ._attempts import call_with_retries
 from ._config import (
     DEFAULT_MAX_LINE_BYTES,
     DEFAULT_MAX_RESPONSE_BYTES,
@@ -22,10 +23,12 @@ from ._config import (
     ENV_BASE_URL,
     Limits,
     PollPolicy,
+    RetryPolicy,
     Timeouts,
 )
 from ._exceptions import ActionNotAvailableError, InvalidRequestError, ResponseDecodeError
 from ._job import Core, Job, TaskHandle
+from ._limiter import JobLimiter
 from ._models.params import PromptParams, build_prompt, encode_mask, validate_http_url
 from ._models.requests import (
     DescribeRequest,
@@ -49,7 +52,7 @@ from ._models.results import (
 from ._models.task import TaskBatch, TaskRecord
 from ._poller import TaskPoller
 from ._providers import Provider, get_provider
-from ._transport import SessionPool, Transport
+from ._transport import SessionPool, Transport, WireResponse
 from ._transport._send import raise_connection_error
 from ._types import Mode, PanDirection, VideoMode, VideoResolution, WaitVia
 
@@ -94,6 +97,7 @@ class Client:
         timeouts: Timeouts | None = None,
         limits: Limits | None = None,
         poll: PollPolicy | None = None,
+        retry: RetryPolicy | None = None,
         default_headers: Mapping[str, str] | None = None,
         http_session: aiohttp.ClientSession | None = None,
         wait_via: WaitVia = "stream",
@@ -107,12 +111,14 @@ class Client:
             timeouts=timeouts,
             limits=limits,
             poll=poll,
+            retry=retry,
             default_headers=default_headers,
             http_session=http_session,
             wait_via=wait_via,
             max_line_bytes=max_line_bytes,
             max_response_bytes=max_response_bytes,
             pool=None,
+            limiter=None,
         )
 
     def _configure(
@@ -124,12 +130,14 @@ class Client:
         timeouts: Timeouts | None,
         limits: Limits | None,
         poll: PollPolicy | None,
+        retry: RetryPolicy | None,
         default_headers: Mapping[str, str] | None,
         http_session: aiohttp.ClientSession | None,
         wait_via: WaitVia,
         max_line_bytes: int,
         max_response_bytes: int,
         pool: SessionPool | None,
+        limiter: JobLimiter | None,
     ) -> None:
         self._provider: Provider = get_provider(provider)
         key = api_key or os.environ.get(ENV_API_KEY) or os.environ.get(ENV_API_KEY_FALLBACK)
@@ -153,6 +161,7 @@ class Client:
             "timeouts": timeouts or Timeouts(),
             "limits": limits or Limits(),
             "poll": poll or PollPolicy(),
+            "retry": retry or RetryPolicy(),
             "default_headers": headers,
             "wait_via": wait_via,
             "max_line_bytes": max_line_bytes,
@@ -173,6 +182,7 @@ class Client:
             error_for_status=self._provider.status_error,
         )
         poll_policy: PollPolicy = self._options["poll"]
+        job_limits: Limits = self._options["limits"]
         self._core = Core(
             provider=self._provider,
             transport=transport,
@@ -180,6 +190,9 @@ class Client:
                 self._fetch_records, window=poll_policy.batch_window, max_batch=poll_policy.max_batch
             ),
             poll=poll_policy,
+            retry=self._options["retry"],
+            limiter=limiter
+            or JobLimiter(job_limits.max_in_flight, submits_per_second=job_limits.submits_per_second),
             max_line_bytes=max_line_bytes,
             wait_via=wait_via,
         )
@@ -218,6 +231,11 @@ class Client:
         """The shared task poller (its `fetches` count shows how many lookups were made)."""
         return self._core.poller
 
+    @property
+    def limiter(self) -> JobLimiter:
+        """The in-flight limiter (`limiter.statistics()` shows jobs in flight, waiting, cooldowns)."""
+        return self._core.limiter
+
     def with_options(
         self,
         *,
@@ -225,28 +243,38 @@ class Client:
         base_url: str | None = None,
         timeouts: Timeouts | None = None,
         poll: PollPolicy | None = None,
+        retry: RetryPolicy | None = None,
         default_headers: Mapping[str, str] | None = None,
         wait_via: WaitVia | None = None,
         max_line_bytes: int | None = None,
         max_response_bytes: int | None = None,
     ) -> Client:
-        """A client with some options changed that shares this one's connection pool (only this one closes it)."""
+        """A client with some options changed that shares this one's connection pool (only this one closes it).
+
+        With the same key and base URL it also shares the in-flight limit and the 429 cooldown: the
+        provider sees one account either way.
+        """
         options = dict(self._options)
         changes = {
             "timeouts": timeouts,
             "poll": poll,
+            "retry": retry,
             "default_headers": default_headers,
             "wait_via": wait_via,
             "max_line_bytes": max_line_bytes,
             "max_response_bytes": max_response_bytes,
         }
         options.update({k: v for k, v in changes.items() if v is not None})
+        same_account = (api_key or self._api_key) == self._api_key and (
+            base_url or self._base_url
+        ) == self._base_url
         derived = Client.__new__(Client)
         derived._configure(
             api_key=api_key or self._api_key,
             base_url=base_url or self._base_url,
             http_session=None,
             pool=self._pool,
+            limiter=self._core.limiter if same_account else None,
             **options,
         )
         return derived
@@ -524,7 +552,7 @@ class Client:
         if (task_id is None) == (trace_id is None):
             raise InvalidRequestError("pass exactly one of task_id and trace_id")
         path, body = self._provider.task_request(task_id, trace_id=trace_id)
-        response = await self._core.transport.post(path, body)
+        response = await self._post_idempotent(path, body)
         return self._provider.decode_task(response.body)
 
     async def retrieve_tasks(
@@ -546,8 +574,12 @@ class Client:
         path, body = (
             self._provider.task_batch_request(task_ids) if batch else self._provider.task_request(task_ids[0])
         )
-        response = await self._core.transport.post(path, body)
+        response = await self._post_idempotent(path, body)
         return self._provider.task_bodies(response.body, batch=batch)
+
+    async def _post_idempotent(self, path: str, body: bytes) -> WireResponse:
+        transport = self._core.transport
+        return await call_with_retries(self._core, lambda: transport.post(path, body))
 
     # -- downloads --------------------------------------------------------------------------------------
 
@@ -634,7 +666,7 @@ class Client:
 
     async def _call(self, request: Any, kind: type[R]) -> R:
         path, body, _ = self._provider.call_request(request)
-        response = await self._core.transport.post(path, body)
+        response = await self._post_idempotent(path, body)
         result = self._provider.decode_result(kind, response.body, request=f"POST {path}")
         if result.failed:
             raise self._provider.job_failed(result, request=f"POST {path}")

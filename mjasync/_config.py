@@ -1,6 +1,7 @@
 """Leaf layer: client options as small frozen value objects, and every default in one place."""
 
 import math
+from typing import Literal
 
 import msgspec
 
@@ -15,6 +16,7 @@ __all__ = [
     "ENV_BASE_URL",
     "Limits",
     "PollPolicy",
+    "RetryPolicy",
     "Timeouts",
 ]
 
@@ -71,19 +73,34 @@ class Timeouts(msgspec.Struct, kw_only=True, frozen=True):
 
 
 class Limits(msgspec.Struct, kw_only=True, frozen=True):
-    """Connection-pool limits for the client's aiohttp connector."""
+    """How much runs at once: jobs in flight, submits per second, and the connection pool.
 
+    Jobs in flight (submitted, not finished) are what the provider counts; sockets are a separate,
+    larger cap, so that task lookups never queue behind streams.
+    """
+
+    #: Jobs submitted and not yet finished, per client (it shrinks on 429s and grows back).
+    max_in_flight: int = 64
+    #: Submits per second at most; None for no pacing.
+    submits_per_second: float | None = None
     max_connections: int = 256
     max_connections_per_host: int = 128
     #: Seconds an idle keep-alive connection is kept for reuse.
     keepalive_expiry: float = 30.0
 
     def __post_init__(self) -> None:
-        for name in ("max_connections", "max_connections_per_host"):
+        for name in ("max_in_flight", "max_connections", "max_connections_per_host"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InvalidRequestError(f"Limits.{name} must be a positive int, got {value!r}")
         _check_positive("Limits.keepalive_expiry", self.keepalive_expiry, allow_none=False)
+        if self.submits_per_second is not None:
+            _check_positive("Limits.submits_per_second", self.submits_per_second)
+        if min(self.max_connections, self.max_connections_per_host) <= self.max_in_flight:
+            raise InvalidRequestError(
+                "Limits.max_connections and max_connections_per_host must exceed max_in_flight, "
+                "so that task lookups have sockets while every job holds one"
+            )
 
 
 class PollPolicy(msgspec.Struct, kw_only=True, frozen=True):
@@ -112,3 +129,52 @@ class PollPolicy(msgspec.Struct, kw_only=True, frozen=True):
             raise InvalidRequestError(f"PollPolicy.batch_window must be >= 0, got {self.batch_window!r}")
         if isinstance(self.max_batch, bool) or not isinstance(self.max_batch, int) or self.max_batch < 1:
             raise InvalidRequestError(f"PollPolicy.max_batch must be a positive int, got {self.max_batch!r}")
+
+
+class RetryPolicy(msgspec.Struct, kw_only=True, frozen=True):
+    """When and how a failed request is tried again.
+
+    Failures are sorted by phase (see `mjasync._retry`): a request that never left, or that the
+    provider turned away before accepting it (429, 408), is retried for every call. A submit whose
+    fate is unknown is first looked up at the provider, and never blindly sent again: a found task
+    is resumed; otherwise `on_ambiguous_submit` decides. Lookups and other idempotent calls are
+    also retried on 5xx and dropped connections. 400, 401, 403 and 404 are never retried.
+    """
+
+    #: Retries after the first attempt. 0 turns the whole layer off: no retry, no lookup of a submit
+    #: of unknown fate, no resuming of a broken stream; the first error is raised as it is.
+    max_retries: int = 2
+    #: Backoff: `initial_delay * 2**n`, at most `max_delay`, less up to `jitter` of it at random.
+    initial_delay: float = 0.5
+    max_delay: float = 8.0
+    jitter: float = 0.25
+    #: A Retry-After longer than this is not waited for: the error is raised instead.
+    max_retry_after: float = 120.0
+    #: A submit whose connection died after sending, or that got a 5xx, and that the provider's
+    #: records do not show: "raise" an `AmbiguousSubmitError`, or "resubmit" (may pay twice).
+    on_ambiguous_submit: Literal["raise", "resubmit"] = "raise"
+    #: Seconds to let a possibly-received submit settle before looking it up.
+    reconcile_delay: float = 1.0
+
+    def __post_init__(self) -> None:
+        if (
+            isinstance(self.max_retries, bool)
+            or not isinstance(self.max_retries, int)
+            or self.max_retries < 0
+        ):
+            raise InvalidRequestError(
+                f"RetryPolicy.max_retries must be an int >= 0, got {self.max_retries!r}"
+            )
+        _check_positive("RetryPolicy.initial_delay", self.initial_delay, allow_none=False)
+        _check_positive("RetryPolicy.max_delay", self.max_delay, allow_none=False)
+        _check_positive("RetryPolicy.max_retry_after", self.max_retry_after, allow_none=False)
+        if not (math.isfinite(self.jitter) and 0 <= self.jitter < 1):
+            raise InvalidRequestError(f"RetryPolicy.jitter must be in [0, 1), got {self.jitter!r}")
+        if not (math.isfinite(self.reconcile_delay) and self.reconcile_delay >= 0):
+            raise InvalidRequestError(
+                f"RetryPolicy.reconcile_delay must be >= 0, got {self.reconcile_delay!r}"
+            )
+        if self.on_ambiguous_submit not in ("raise", "resubmit"):
+            raise InvalidRequestError(
+                f"RetryPolicy.on_ambiguous_submit must be 'raise' or 'resubmit', got {self.on_ambiguous_submit!r}"
+            )

@@ -22,6 +22,7 @@ MJError
 │   │   ├── LineTooLongError
 │   │   ├── MalformedLineError
 │   │   └── StreamInterruptedError           the stream ended before the final result
+│   ├── AmbiguousSubmitError                 a submit may or may not have created a task
 │   └── JobFailedError                       the provider reports the job itself as failed
 └── WaitTimeoutError (also TimeoutError)     our own deadline for a job ran out
 ```
@@ -40,6 +41,7 @@ __all__ = [
     "APIStatusError",
     "APITimeoutError",
     "ActionNotAvailableError",
+    "AmbiguousSubmitError",
     "AuthenticationError",
     "BadRequestError",
     "GatewayTimeoutError",
@@ -109,6 +111,8 @@ class APIError(MJError):
     task_id: str | None
     #: `METHOD /path` of the request, never the query string or headers.
     request: str | None
+    #: How many times the request was retried before this error was raised.
+    retries_taken: int
 
     def __init__(
         self,
@@ -129,6 +133,7 @@ class APIError(MJError):
         self.body = cap_body(body)
         self.task_id = task_id
         self.request = request
+        self.retries_taken = 0
 
     def __str__(self) -> str:
         head = " ".join(str(p) for p in (self.status, self.code) if p is not None)
@@ -250,6 +255,14 @@ class StreamInterruptedError(StreamError):
     def __init__(self, message: str, *, last_update: object | None = None, **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
         self.last_update = last_update
+
+
+class AmbiguousSubmitError(APIError):
+    """A submit may have reached the provider, and its records do not show the task.
+
+    Sending it again could pay for the job twice, so mjasync does not, unless told to
+    (`RetryPolicy(on_ambiguous_submit="resubmit")`). `__cause__` is the failure that made it unsure.
+    """
 
 
 class JobFailedError(APIError):

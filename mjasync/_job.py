@@ -2,26 +2,27 @@
 
 from __future__ import annotations
 
-import random
-from collections.abc import Generator
-from dataclasses import dataclass
+import time
+from collections.abc import Awaitable, Callable, Generator
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import anyio
-import backoff
 
-from ._config import DEFAULT_SERVER_TIMEOUT, PollPolicy
-from ._exceptions import InvalidRequestError, JobFailedError, ResponseDecodeError, WaitTimeoutError
+from ._attempts import KnownTasks, Resumed, submit_with_retries, with_retries_taken
+from ._config import DEFAULT_SERVER_TIMEOUT, PollPolicy, RetryPolicy
+from ._exceptions import InvalidRequestError, ResponseDecodeError, WaitTimeoutError
+from ._limiter import JobLimiter
 from ._models.requests import JobRequest
 from ._models.results import Result
 from ._models.task import TaskRecord
-from ._poller import TaskPoller
+from ._poller import PollCursor, TaskPoller
 from ._providers import Provider
 from ._stream import JobStream
 from ._transport import Transport
 from ._types import NOT_GIVEN, NotGiven, WaitVia
 
-__all__ = ["Core", "Job", "TaskHandle"]
+__all__ = ["Core", "Job", "TaskHandle", "TaskUpdates"]
 
 R = TypeVar("R", bound=Result)
 
@@ -34,8 +35,12 @@ class Core:
     transport: Transport
     poller: TaskPoller
     poll: PollPolicy
+    retry: RetryPolicy
+    limiter: JobLimiter
     max_line_bytes: int
     wait_via: WaitVia
+    known_tasks: KnownTasks = field(default_factory=KnownTasks)
+    sleep: Callable[[float], Awaitable[None]] = anyio.sleep
 
 
 class Job(Generic[R]):
@@ -59,6 +64,11 @@ class Job(Generic[R]):
         """The request this job sends."""
         return self._request
 
+    @property
+    def kind(self) -> type[R]:
+        """The result type this job gives."""
+        return self._kind
+
     def __repr__(self) -> str:
         state = "sent" if self._sent else "not sent"
         return f"<Job {self._kind.kind} action={self._request.action!r} ({state})>"
@@ -70,53 +80,81 @@ class Job(Generic[R]):
         return self.stream()
 
     async def result(self, *, via: WaitVia | None = None) -> R:
-        """Send the job and return its final result, getting it `via` a stream (default), polling or one long wait."""
+        """Send the job and return its final result, getting it `via` a stream (default), polling or one long wait.
+
+        The job holds one of the client's in-flight slots from its submit to its result.
+        """
         via = via or self._core.wait_via
+        if via not in ("stream", "poll", "sync"):
+            raise InvalidRequestError(f"via must be 'stream', 'poll' or 'sync', not {via!r}")
         if via == "stream":
             async with self.stream() as updates:
                 async for _ in updates:
                     pass
             assert updates.final is not None  # the stream raises when it ends without one
             return updates.final
-        if via == "poll":
-            return await (await self.submit()).wait()
-        if via == "sync":
-            return await self._long_wait()
-        raise InvalidRequestError(f"via must be 'stream', 'poll' or 'sync', not {via!r}")
+        async with self._core.limiter.slot(self):
+            if via == "poll":
+                result = await (await self.submit()).wait()
+            else:
+                result = await self._long_wait()
+        self._core.limiter.succeeded()
+        return result
 
     def stream(self) -> JobStream[R]:
-        """Send the job with `accept: application/x-ndjson` and iterate its progress updates."""
+        """Send the job with `accept: application/x-ndjson` and iterate its progress updates.
+
+        If the stream breaks after its first line, the same iterator carries on by polling the task:
+        no second submit, no duplicate updates.
+        """
         self._claim()
         path, body, headers = self._core.provider.job_request(self._request, via="stream")
-        return JobStream(self._core, self._kind, path, body, headers)
+        return JobStream(self._core, self._kind, self._request, path, body, headers)
 
     async def submit(self) -> TaskHandle[R]:
         """Send the job asynchronously (`async: true`, and the callback if one was set) and return its handle."""
         self._claim()
-        path, body, headers = self._core.provider.job_request(self._request, via="poll")
-        response = await self._core.transport.post(path, body, headers=headers)
-        task_id = self._core.provider.decode_receipt(response.body, request=f"POST {path}")
-        return TaskHandle(self._core, self._kind, task_id, first_poll_delay=self._core.poll.initial_interval)
+        core = self._core
+        path, body, headers = core.provider.job_request(self._request, via="poll")
+        answer, retries = await submit_with_retries(
+            core, lambda: core.transport.post(path, body, headers=headers), self._request
+        )
+        if isinstance(answer, Resumed):
+            task_id = answer.task_id
+        else:
+            task_id = core.provider.decode_receipt(answer.body, request=f"POST {path}")
+        core.known_tasks.add(task_id)
+        return TaskHandle(
+            core, self._kind, task_id, first_poll_delay=core.poll.initial_interval, retries_taken=retries
+        )
 
     async def _long_wait(self) -> R:
         self._claim()
-        path, body, headers = self._core.provider.job_request(self._request, via="sync")
+        core = self._core
+        path, body, headers = core.provider.job_request(self._request, via="sync")
         server_timeout = self._request.timeout or DEFAULT_SERVER_TIMEOUT
         # Read longer than the server waits, so its 504 (which keeps the task retrievable) arrives first.
-        read = server_timeout + self._core.transport.timeouts.long_wait_margin
-        response = await self._core.transport.post(
-            path, body, headers=headers, read_timeout=read, total_timeout=None
+        read = server_timeout + core.transport.timeouts.long_wait_margin
+        answer, retries = await submit_with_retries(
+            core,
+            lambda: core.transport.post(path, body, headers=headers, read_timeout=read, total_timeout=None),
+            self._request,
         )
-        result = self._core.provider.decode_result(self._kind, response.body, request=f"POST {path}")
+        if isinstance(answer, Resumed):
+            # The long wait was cut short (a 504, a dropped connection) but the task exists: poll it.
+            core.known_tasks.add(answer.task_id)
+            handle = TaskHandle(core, self._kind, answer.task_id, retries_taken=retries)
+            return await handle.wait()
+        result = core.provider.decode_result(self._kind, answer.body, request=f"POST {path}")
         if result.failed:
-            raise self._core.provider.job_failed(result, request=f"POST {path}")
+            raise core.provider.job_failed(result, request=f"POST {path}")
         if not result.is_final:
             raise ResponseDecodeError(
-                "synchronous call answered before the job finished",
-                body=response.body,
-                task_id=result.task_id,
+                "synchronous call answered before the job finished", body=answer.body, task_id=result.task_id
             )
-        return result
+        if result.task_id:
+            core.known_tasks.add(result.task_id)
+        return with_retries_taken(result, retries)
 
     def _claim(self) -> None:
         if self._sent:
@@ -127,18 +165,28 @@ class Job(Generic[R]):
 
 
 class TaskHandle(Generic[R]):
-    """A submitted job, known by its `task_id`: wait on it, or look at its record.
+    """A submitted job, known by its `task_id`: wait on it, follow its progress, or read its record.
 
     Waiting polls the tasks endpoint with a growing interval; handles waiting at the same time share
     one batched lookup per round.
     """
 
-    def __init__(self, core: Core, kind: type[R], task_id: str, *, first_poll_delay: float = 0.0) -> None:
+    def __init__(
+        self,
+        core: Core,
+        kind: type[R],
+        task_id: str,
+        *,
+        first_poll_delay: float = 0.0,
+        retries_taken: int = 0,
+    ) -> None:
         self._core = core
         self._kind = kind
         self._first_poll_delay = first_poll_delay
         #: The provider's id for this job.
         self.task_id = task_id
+        #: Retries its submit took.
+        self.retries_taken = retries_taken
 
     def __repr__(self) -> str:
         return f"<TaskHandle {self._kind.kind} task_id={self.task_id!r}>"
@@ -153,45 +201,49 @@ class TaskHandle(Generic[R]):
         record: TaskRecord[R] = self._core.provider.decode_task(response.body, self._kind)
         return record
 
+    def updates(self, *, deadline: float | NotGiven | None = NOT_GIVEN) -> TaskUpdates[R]:
+        """Iterate the task's progress by polling: each newer update, then the final result."""
+        limit = self._core.poll.deadline if isinstance(deadline, NotGiven) else deadline
+        cursor = PollCursor(self._core, self._kind, self.task_id, first_poll_delay=self._first_poll_delay)
+        return TaskUpdates(cursor, self.task_id, limit, self.retries_taken)
+
     async def wait(self, *, deadline: float | NotGiven | None = NOT_GIVEN) -> R:
         """Poll until the job finishes and return its result; raise `JobFailedError` if it failed.
 
         `deadline` (seconds; None for none) defaults to the client's `PollPolicy.deadline`; when it
         runs out, `WaitTimeoutError` is raised and the job may still finish later.
         """
-        limit = self._core.poll.deadline if isinstance(deadline, NotGiven) else deadline
-        with anyio.move_on_after(limit):
-            return await self._poll_until_done()
+        result: R | None = None
+        async for update in self.updates(deadline=deadline):
+            result = update
+        assert result is not None
+        return result
+
+
+class TaskUpdates(Generic[R]):
+    """An async iterator over a task's polled updates, ending with its final result."""
+
+    def __init__(
+        self, cursor: PollCursor[R], task_id: str, deadline: float | None, retries_taken: int
+    ) -> None:
+        self._cursor = cursor
+        self._task_id = task_id
+        self._deadline_at = None if deadline is None else time.monotonic() + deadline
+        self._deadline = deadline
+        self._retries_taken = retries_taken
+
+    def __aiter__(self) -> TaskUpdates[R]:
+        return self
+
+    async def __anext__(self) -> R:
+        if self._cursor.done:
+            raise StopAsyncIteration
+        remaining = None if self._deadline_at is None else self._deadline_at - time.monotonic()
+        # The deadline scope covers one step, inside this call: nothing here spans a `yield`.
+        with anyio.move_on_after(remaining):
+            update = await self._cursor.next()
+            return with_retries_taken(update, self._retries_taken) if self._cursor.done else update
         raise WaitTimeoutError(
-            f"task {self.task_id} did not finish within {limit} s (it may still finish)", task_id=self.task_id
+            f"task {self._task_id} did not finish within {self._deadline} s (it may still finish)",
+            task_id=self._task_id,
         )
-
-    async def _poll_until_done(self) -> R:
-        policy = self._core.poll
-        intervals = backoff.expo(
-            base=policy.factor, factor=policy.initial_interval, max_value=policy.max_interval
-        )
-        next(intervals)  # backoff's generators start with a bare `yield`
-        if self._first_poll_delay > 0:
-            await anyio.sleep(self._first_poll_delay)
-            next(intervals)
-        while True:
-            body = await self._core.poller.poll(self.task_id)
-            if body is not None:
-                record: TaskRecord[R] = self._core.provider.decode_task(body, self._kind)
-                state = self._core.provider.task_state(record)
-                if state == "succeeded" and record.response is not None:
-                    return record.response
-                if state == "failed":
-                    raise self._failure(record)
-            # A little jitter keeps many handles from polling in lockstep rounds forever.
-            await anyio.sleep(next(intervals) * (1.0 - 0.1 * random.random()))
-
-    def _failure(self, record: TaskRecord[Any]) -> JobFailedError:
-        response = record.response
-        if isinstance(response, Result):
-            error = self._core.provider.job_failed(response)
-        else:
-            error = JobFailedError(f"task {self.task_id} failed (state {record.state!r})")
-        error.task_id = error.task_id or self.task_id
-        return error

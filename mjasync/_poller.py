@@ -7,11 +7,23 @@ arrives while a fetch is in flight starts (or joins) the next round.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import anyio
+import backoff
 
-__all__ = ["TaskPoller"]
+from ._exceptions import JobFailedError
+from ._models.results import Result
+from ._models.task import TaskRecord
+
+if TYPE_CHECKING:
+    from ._job import Core
+
+__all__ = ["PollCursor", "TaskPoller"]
+
+R = TypeVar("R", bound=Result)
 
 #: Fetches the records of some task ids: undecoded bodies by task id (missing ids are left out).
 FetchRecords = Callable[[list[str]], Awaitable[dict[str, bytes]]]
@@ -78,3 +90,73 @@ class TaskPoller:
             return current.records.get(task_id)
         finally:
             current.done.set()
+
+
+class PollCursor(Generic[R]):
+    """Follows one task by polling: each `next()` gives a newer progress update, or the final result.
+
+    Lookups go through the client's shared poller (one `retrieve_batch` serves every waiting task),
+    with a growing interval between them. Updates that repeat what was already seen are skipped.
+    """
+
+    def __init__(
+        self,
+        core: Core,
+        kind: type[R],
+        task_id: str,
+        *,
+        first_poll_delay: float = 0.0,
+        seen_progress: float = -1.0,
+    ) -> None:
+        self._core = core
+        self._kind = kind
+        self._task_id = task_id
+        self._delay = first_poll_delay
+        self._seen_progress = seen_progress
+        self._intervals = backoff.expo(
+            base=core.poll.factor, factor=core.poll.initial_interval, max_value=core.poll.max_interval
+        )
+        next(self._intervals)  # backoff's generators start with a bare `yield`
+        #: True once the final result has been returned.
+        self.done = False
+
+    async def next(self) -> R:
+        """The task's next state worth reporting; raises `JobFailedError` if the provider failed it."""
+        if self.done:
+            raise RuntimeError("the task already finished")
+        while True:
+            if self._delay > 0:
+                await self._core.sleep(self._delay)
+            # A little jitter keeps many waiting jobs from polling in lockstep rounds forever.
+            self._delay = next(self._intervals) * (1.0 - 0.1 * random.random())
+            body = await self._core.poller.poll(self._task_id)
+            if body is None:
+                continue
+            record: TaskRecord[R] = self._core.provider.decode_task(body, self._kind)
+            state = self._core.provider.task_state(record)
+            response = record.response
+            if state == "succeeded" and response is not None:
+                self.done = True
+                return response
+            if state == "failed":
+                raise _failure(self._core, record, self._task_id)
+            progress = getattr(response, "progress", None)
+            if (
+                state == "running"
+                and response is not None
+                and progress is not None
+                and progress > self._seen_progress
+            ):
+                self._seen_progress = progress
+                self._delay = min(self._delay, self._core.poll.initial_interval)
+                return response
+
+
+def _failure(core: Core, record: TaskRecord[Any], task_id: str) -> JobFailedError:
+    response = record.response
+    if isinstance(response, Result):
+        error = core.provider.job_failed(response)
+    else:
+        error = JobFailedError(f"task {task_id} failed (state {record.state!r})")
+    error.task_id = error.task_id or task_id
+    return error

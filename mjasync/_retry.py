@@ -1,19 +1,73 @@
-"""Retry support. For now only the pure parsing of the server's Retry-After hint.
+"""Pure layer: which failures may be tried again, and after how long.
 
-The retry policy itself (which failures to retry, the backoff schedule, the sleep) will live here too;
-this module stays free of I/O so that all of it can be tested without a network or a clock.
+A failure is sorted by the phase the request reached, because a Midjourney submit is paid work with
+no idempotency key: sending it twice can pay twice.
+
+- `not_sent`: the request never left (connect failed). Safe to send again.
+- `rejected`: the provider turned it away before accepting it (429, 408). Safe, after Retry-After.
+- `unknown`: it may have been received (the connection died after sending, a read timed out, a 5xx).
+  Safe to repeat for idempotent calls; a submit must be looked up first.
+- `fatal`: the provider refused it for good (400, 401, 403, 404, ...). Never retried.
+
+No I/O here: the sleeping and the lookups live in the client layer, and all of this is tested
+without a network or a clock.
 """
 
 from __future__ import annotations
 
 import math
+import random
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import timezone
 from email.utils import parsedate_to_datetime
+from typing import Literal
 
-__all__ = ["MAX_RETRY_AFTER", "parse_retry_after"]
+from ._config import RetryPolicy
+from ._exceptions import APIConnectionError, APIStatusError, MJError, RateLimitError
+
+__all__ = ["MAX_RETRY_AFTER", "Phase", "backoff_delay", "parse_retry_after", "phase_of", "retry_delay"]
+
+Phase = Literal["not_sent", "rejected", "unknown", "fatal"]
+
+#: Statuses that say "not now" without having accepted anything.
+_REJECTED_STATUSES = frozenset({408, 429})
+
+
+def phase_of(error: BaseException) -> Phase:
+    """How far the failed request got; see the module docstring."""
+    if isinstance(error, APIConnectionError):
+        return "unknown" if error.may_have_reached_server else "not_sent"
+    if isinstance(error, RateLimitError):
+        return "rejected"
+    if isinstance(error, APIStatusError):
+        if error.status in _REJECTED_STATUSES:
+            return "rejected"
+        if error.status >= 500:
+            return "unknown"
+    return "fatal"
+
+
+def backoff_delay(attempt: int, policy: RetryPolicy, *, rand: Callable[[], float] = random.random) -> float:
+    """Seconds to wait before retry number `attempt` (0-based): exponential, capped, with jitter."""
+    base = min(policy.initial_delay * (2.0 ** min(attempt, 30)), policy.max_delay)
+    return base * (1.0 - policy.jitter * rand())
+
+
+def retry_delay(
+    error: MJError, attempt: int, policy: RetryPolicy, *, rand: Callable[[], float] = random.random
+) -> float | None:
+    """Seconds to wait before retrying after `error`, or None when the provider's wait is too long.
+
+    A Retry-After the provider sent wins over the backoff schedule; past `policy.max_retry_after` we
+    give up rather than hold a job that long.
+    """
+    hinted = getattr(error, "retry_after", None)
+    if isinstance(hinted, (int, float)):
+        return None if hinted > policy.max_retry_after else float(hinted)
+    return backoff_delay(attempt, policy, rand=rand)
+
 
 #: Longest wait we take from a Retry-After header (seconds), as openai-python's MAX_RETRY_AFTER_DELAY.
 MAX_RETRY_AFTER = 120.0

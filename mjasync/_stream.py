@@ -1,13 +1,26 @@
-"""Client layer: a job's ndjson progress as an async iterator of decoded Structs."""
+"""Client layer: a job's ndjson progress as an async iterator of decoded Structs, resumed by polling."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Generic, TypeVar
 
-from ._exceptions import StreamInterruptedError
+import anyio
+
+from ._attempts import Resumed, reconcile_submit, submit_with_retries, with_retries_taken
+from ._exceptions import (
+    APIConnectionError,
+    LineTooLongError,
+    MalformedLineError,
+    MJError,
+    StreamInterruptedError,
+    WaitTimeoutError,
+)
+from ._models.requests import JobRequest
 from ._models.results import Result
+from ._poller import PollCursor
 from ._transport import LineReader
 
 if TYPE_CHECKING:
@@ -17,6 +30,9 @@ __all__ = ["JobStream"]
 
 R = TypeVar("R", bound=Result)
 
+#: Failures that break a stream without the provider saying the job failed.
+_BREAKS = (APIConnectionError, StreamInterruptedError, MalformedLineError, LineTooLongError)
+
 
 class JobStream(Generic[R]):
     """Progress updates of one job, one Struct per ndjson line; the last one is the final result.
@@ -25,23 +41,37 @@ class JobStream(Generic[R]):
     connection is released even if you stop early. It is a plain object, not an async generator, so
     nothing is left for the garbage collector to finalise late. The request is sent on the first
     `__anext__`; `task_id` is known from the first line on.
+
+    If the stream breaks after its first line (a dropped connection, a cut, a bad line), iteration
+    carries on by polling the task: the remaining updates and the final result arrive without a
+    second submit and without repeats (`resumed` turns True). If it breaks before any line, the
+    provider's records are checked first, exactly as for any submit of unknown fate.
     """
 
-    def __init__(self, core: Core, kind: type[R], path: str, body: bytes, headers: dict[str, str]) -> None:
+    def __init__(
+        self, core: Core, kind: type[R], request: JobRequest, path: str, body: bytes, headers: dict[str, str]
+    ) -> None:
         self._core = core
         self._kind = kind
+        self._request = request
         self._path = path
         self._body = body
         self._headers = headers
         self._reader: LineReader | None = None
-        self._response_release: Callable[[], None] | None = None
+        self._release: Callable[[], None] | None = None
+        self._cursor: PollCursor[R] | None = None
+        self._resume_deadline: float | None = None
+        self._holds_slot = False
         self._finished = False
+        self._retries = 0
         #: The job's task id, once the first line has arrived.
         self.task_id: str | None = None
         #: The most recent update.
         self.last: R | None = None
         #: The final result, once it has arrived.
         self.final: R | None = None
+        #: Whether the stream broke and the rest came from polling.
+        self.resumed = False
 
     async def __aenter__(self) -> JobStream[R]:
         return self
@@ -58,57 +88,138 @@ class JobStream(Generic[R]):
         if self._finished:
             raise StopAsyncIteration
         try:
-            reader = self._reader or await self._open()
-            while True:
-                line = await reader.next_line()
-                if line is None:
-                    self._end_of_body()
-                    raise StopAsyncIteration
-                if self.final is not None:
-                    continue  # anything after the final line is not ours to interpret
-                update = self._core.provider.decode_update(self._kind, line, reader.line_number)
-                if update.task_id:
-                    self.task_id = update.task_id
-                if update.failed:
-                    raise self._core.provider.job_failed(update, request=f"POST {self._path}")
-                self.last = update
-                if update.is_final:
-                    self.final = update
-                return update
+            return await self._next()
         except StopAsyncIteration:
+            self._close()
             raise
         except BaseException:
-            # Cancelled or failed mid-read: drop the connection now rather than when collected.
+            # Cancelled or failed: drop the connection and the slot now, not when collected.
             self._close()
             raise
 
     async def aclose(self) -> None:
-        """Release the connection; idempotent."""
+        """Release the connection and the in-flight slot; idempotent."""
         self._close()
 
-    async def _open(self) -> LineReader:
-        timeout = self._core.transport.client_timeout(read=self._core.transport.timeouts.stream_read)
-        response = await self._core.transport.open(
-            self._path, self._body, headers=self._headers, timeout=timeout
-        )
-        self._response_release = response.release
-        self._reader = LineReader(
-            response, max_line_bytes=self._core.max_line_bytes, request=f"POST {self._path}"
-        )
-        return self._reader
+    async def _next(self) -> R:
+        if not self._holds_slot:
+            await self._core.limiter.acquire(self)
+            self._holds_slot = True
+        while True:
+            if self.final is not None and self._reader is None:
+                raise StopAsyncIteration
+            if self._cursor is not None:
+                return self._note(await self._next_polled())
+            if self._reader is None:
+                await self._open()
+                continue
+            try:
+                update = await self._next_streamed()
+            except _BREAKS as exc:
+                self._drop_connection()
+                if self.final is not None:
+                    raise StopAsyncIteration from None  # broke while draining: we have it all
+                await self._after_break(exc)
+                continue
+            if update is None:
+                self._drop_connection()
+                raise StopAsyncIteration
+            return self._note(update)
 
-    def _end_of_body(self) -> None:
-        self._close()
-        if self.final is None:
-            raise StreamInterruptedError(
-                "the progress stream ended before the final result",
-                task_id=self.task_id,
-                last_update=self.last,
-                request=f"POST {self._path}",
-            )
+    async def _open(self) -> None:
+        core = self._core
+        timeout = core.transport.client_timeout(read=core.transport.timeouts.stream_read)
+        answer, retries = await submit_with_retries(
+            core,
+            lambda: core.transport.open(self._path, self._body, headers=self._headers, timeout=timeout),
+            self._request,
+        )
+        self._retries += retries
+        if isinstance(answer, Resumed):
+            self._resume(answer.task_id)
+            return
+        self._release = answer.release
+        self._reader = LineReader(answer, max_line_bytes=core.max_line_bytes, request=f"POST {self._path}")
+
+    async def _next_streamed(self) -> R | None:
+        """The next new update from the stream; None at the end of a complete stream."""
+        assert self._reader is not None
+        while True:
+            line = await self._reader.next_line()
+            if line is None:
+                if self.final is None:
+                    raise StreamInterruptedError(
+                        "the progress stream ended before the final result",
+                        task_id=self.task_id,
+                        last_update=self.last,
+                    )
+                return None
+            if self.final is not None:
+                continue  # anything after the final line is not ours to interpret
+            update = self._core.provider.decode_update(self._kind, line, self._reader.line_number)
+            if update.task_id:
+                self.task_id = update.task_id
+                self._core.known_tasks.add(update.task_id)
+            if update.failed:
+                raise self._core.provider.job_failed(update, request=f"POST {self._path}")
+            return update
+
+    async def _after_break(self, error: MJError) -> None:
+        """Carry on after a break: by polling a known task, or after checking the provider's records."""
+        if self._core.retry.max_retries == 0:
+            raise error  # the resilience layer is off
+        if self.task_id is not None:
+            self._resume(self.task_id)
+            return
+        # Nothing arrived, so we do not know whether the submit made a task: look it up.
+        task_id = await reconcile_submit(self._core, self._request, error, time.time(), self._retries)
+        if task_id is not None:
+            self._resume(task_id)
+            return
+        if self._retries >= self._core.retry.max_retries:
+            raise error
+        self._retries += 1  # proven absent: sending again cannot pay twice
+
+    def _resume(self, task_id: str) -> None:
+        self.task_id = task_id
+        self.resumed = True
+        seen = self.last.progress if self.last is not None and hasattr(self.last, "progress") else None
+        self._cursor = PollCursor(
+            self._core, self._kind, task_id, seen_progress=-1.0 if seen is None else seen
+        )
+        deadline = self._core.poll.deadline
+        self._resume_deadline = None if deadline is None else time.monotonic() + deadline
+
+    async def _next_polled(self) -> R:
+        assert self._cursor is not None
+        if self._cursor.done:
+            raise StopAsyncIteration
+        remaining = None if self._resume_deadline is None else self._resume_deadline - time.monotonic()
+        with anyio.move_on_after(remaining):
+            return await self._cursor.next()
+        raise WaitTimeoutError(
+            f"task {self.task_id} did not finish within the poll deadline (it may still finish)",
+            task_id=self.task_id,
+        )
+
+    def _note(self, update: R) -> R:
+        self.last = update
+        if update.is_final:
+            self.final = update
+            self._core.limiter.succeeded()
+            if self._retries:
+                self.final = update = with_retries_taken(update, self._retries)
+        return update
+
+    def _drop_connection(self) -> None:
+        self._reader = None
+        release, self._release = self._release, None
+        if release is not None:
+            release()
 
     def _close(self) -> None:
         self._finished = True
-        release, self._response_release = self._response_release, None
-        if release is not None:
-            release()
+        self._drop_connection()
+        if self._holds_slot:
+            self._holds_slot = False
+            self._core.limiter.release(self)

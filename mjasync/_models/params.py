@@ -246,6 +246,10 @@ class PromptParams(
                 raise InvalidRequestError(f"{what} must not contain '--', got {_preview(item)}")
             if any(ch in item for ch in "\r\n"):
                 raise InvalidRequestError(f"{what} must be a single line, got {_preview(item)}")
+        # Runs of whitespace inside an item mean nothing to Midjourney: keep the one form we send.
+        normalised = tuple(" ".join(item.split()) for item in self.no)
+        if normalised != self.no:
+            msgspec.structs.force_setattr(self, "no", normalised)
 
     def render(self) -> str:
         """The flags as Midjourney expects them, in a fixed order ("" when nothing is set)."""
@@ -257,7 +261,7 @@ class PromptParams(
             if value is True:
                 parts.append(f"--{flag}")
             elif name == "no":
-                parts.append(f"--no {', '.join(item.strip() for item in value)}")
+                parts.append(f"--no {', '.join(value)}")
             elif isinstance(value, tuple):
                 parts.append(f"--{flag} {' '.join(value)}")
             elif name == "image_weight":

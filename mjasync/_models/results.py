@@ -41,6 +41,8 @@ class Result(msgspec.Struct, kw_only=True, frozen=True, gc=False):
     trace_id: str | None = None
     #: Set when the job failed: an `ErrorDetail`, or a bare string some gateways send.
     error: ErrorDetail | str | None = None
+    #: How many retries it took mjasync to get this (never sent by a provider).
+    retries_taken: int = 0
 
     @property
     def failed(self) -> bool:

@@ -6,6 +6,7 @@ guides disagree (mask as base64, width as int), the guides win because their exa
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, Final, TypeVar
 
@@ -116,8 +117,21 @@ class _TaskQuery(msgspec.Struct, omit_defaults=True):
     trace_id: str | None = None
     ids: list[str] | None = None
     trace_ids: list[str] | None = None
+    type: str | None = None
+    created_at_min: float | None = None
     offset: int | None = None
     limit: int | None = None
+
+
+_TASK_TYPE_BY_REQUEST: Final[dict[type[Any], str]] = {
+    ImagineRequest: "imagine",
+    EditsRequest: "edits",
+    VideosRequest: "videos",
+}
+#: Body fields that say how to deliver the answer, not what the job is; they can differ between tries.
+_DELIVERY_FIELDS: Final = frozenset({"async", "timeout", "callback_url"})
+#: How far back (seconds) a reconciling lookup searches before the submit, for clock skew.
+_RECONCILE_SKEW = 120.0
 
 
 _encoder = msgspec.json.Encoder()
@@ -198,6 +212,25 @@ class AceDataProvider:
             action="retrieve_batch", ids=task_ids, trace_ids=trace_ids, offset=0, limit=max(wanted, 1)
         )
         return TASKS_PATH, _encoder.encode(query)
+
+    def recent_tasks_request(self, request: JobRequest, *, since: float) -> tuple[str, bytes] | None:
+        """Path and body that list this account's recent tasks like `request` (for reconciling a submit)."""
+        query = _TaskQuery(
+            action="retrieve_batch",
+            type=_TASK_TYPE_BY_REQUEST[type(request)],
+            created_at_min=since - _RECONCILE_SKEW,
+            offset=0,
+            limit=100,
+        )
+        return TASKS_PATH, _encoder.encode(query)
+
+    def same_request(self, record: TaskRecord[Any], request: JobRequest) -> bool:
+        """Whether the task was made by a submit of `request` (the record keeps the body it was sent)."""
+        stored = record.request
+        if not stored:
+            return False
+        sent = msgspec.to_builtins(request)
+        return all(stored.get(key) == value for key, value in sent.items() if key not in _DELIVERY_FIELDS)
 
     # -- responses --------------------------------------------------------------------------------
 
@@ -313,7 +346,8 @@ class AceDataProvider:
             "request": request,
         }
         if issubclass(cls, RateLimitError):
-            return cls(message, retry_after=parse_retry_after(headers), **kwargs)
+            # Uncapped: the retry layer decides whether a long wait is worth it, and the caller sees the truth.
+            return cls(message, retry_after=parse_retry_after(headers, cap=math.inf), **kwargs)
         return cls(message, **kwargs)
 
     def job_failed(self, result: Result, *, request: str | None = None) -> JobFailedError:

@@ -127,14 +127,14 @@ async def test_sync_wait_past_the_server_timeout_raises_gateway_timeout() -> Non
     call would end in APITimeoutError, and the task id the 504 keeps would be lost.
     """
     short_reads = mjasync.Timeouts(read=0.05, long_wait_margin=5.0)
+    no_resilience = mjasync.RetryPolicy(max_retries=0)  # show the raw 504, not its resumption
     async with Emulator(tokens=(EMULATOR_TOKEN,), speed=5.0) as emulator:
         async with mjasync.Client(
-            api_key=EMULATOR_TOKEN, base_url=emulator.url, timeouts=short_reads
+            api_key=EMULATOR_TOKEN, base_url=emulator.url, timeouts=short_reads, retry=no_resilience
         ) as client:
             with pytest.raises(mjasync.GatewayTimeoutError) as caught:
                 await client.imagine("a slow cat", timeout=0.5).result(via="sync")
-            assert emulator.requests[-1].json is not None
-            assert emulator.requests[-1].json["timeout"] == 0.5
+            assert [r.json["timeout"] for r in emulator.requests if r.json] == [0.5]
     assert caught.value.status == 504
     assert caught.value.code == "timeout"
     assert isinstance(caught.value, mjasync.ServerError)
@@ -317,13 +317,18 @@ def test_client_is_built_outside_a_loop_and_leaves_no_tasks() -> None:
 
 
 async def _silent_server(drop: bool) -> tuple[Any, int]:
-    """A 127.0.0.1 server that reads a request, then closes the connection (drop) or never answers."""
+    """A 127.0.0.1 server that reads a request, then closes the connection (drop) or never answers.
+
+    `server.seen` lists the request lines it received.
+    """
     import asyncio
 
     held: list[asyncio.StreamWriter] = []
+    seen: list[str] = []
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
+        head = await reader.readuntil(b"\r\n\r\n")
+        seen.append(head.split(b"\r\n", 1)[0].decode())
         if drop:
             writer.close()
         else:
@@ -331,6 +336,7 @@ async def _silent_server(drop: bool) -> tuple[Any, int]:
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     server.held = held  # type: ignore[attr-defined]
+    server.seen = seen  # type: ignore[attr-defined]
     return server, server.sockets[0].getsockname()[1]
 
 
@@ -340,18 +346,30 @@ async def _silent_server(drop: bool) -> tuple[Any, int]:
     ids=["drop", "stall"],
 )
 async def test_failure_after_sending_may_have_reached_the_server(drop: bool, error: type[Exception]) -> None:
-    """A connection dropped, or a read that times out, after the request went out may have created a task."""
+    """A connection dropped, or a read that times out, after the request went out may have created a task.
+
+    With the resilience layer off, the raw error says so; with it on, the submit is not sent again
+    (the lookup fails too here), and the caller gets AmbiguousSubmitError.
+    """
     server, port = await _silent_server(drop)
     try:
         timeouts = mjasync.Timeouts(read=0.2, stream_read=0.2)
-        async with mjasync.Client(
-            api_key="k", base_url=f"http://127.0.0.1:{port}", timeouts=timeouts
-        ) as client:
+        base_url = f"http://127.0.0.1:{port}"
+        raw = mjasync.RetryPolicy(max_retries=0)
+        async with mjasync.Client(api_key="k", base_url=base_url, timeouts=timeouts, retry=raw) as client:
             for via in ("poll", "stream"):
                 with pytest.raises(error) as caught:
                     await client.imagine("a cat").result(via=via)  # type: ignore[arg-type]
                 assert caught.value.may_have_reached_server is True  # type: ignore[attr-defined]
             assert open_connections(client) == 0
+        server.seen.clear()
+        fast = mjasync.RetryPolicy(reconcile_delay=0.01, initial_delay=0.01)
+        async with mjasync.Client(api_key="k", base_url=base_url, timeouts=timeouts, retry=fast) as client:
+            with pytest.raises(mjasync.AmbiguousSubmitError) as ambiguous:
+                await client.imagine("a cat").result(via="poll")
+            assert isinstance(ambiguous.value.__cause__, error)
+            assert open_connections(client) == 0
+        assert [line for line in server.seen if "imagine" in line] == ["POST /midjourney/imagine HTTP/1.1"]
     finally:
         for writer in server.held:
             writer.close()

@@ -319,6 +319,9 @@ def test_missing_optional_fields_are_none(kind: type[Result]) -> None:
     result = PROVIDER.decode_result(kind, b"{}")
     for field in msgspec.structs.fields(kind):
         value = getattr(result, field.name)
+        if field.name == "retries_taken":  # ours, not the provider's: a count that starts at 0
+            assert value == 0
+            continue
         assert value is None or value == [], field.name
     assert result.failed is False
 

@@ -1,0 +1,220 @@
+"""Client layer: sending with retries — lookups again and again, submits only when it cannot pay twice.
+
+Idempotent calls (task lookups, describe, seed, translate, shorten) are retried whenever the failure
+allows it. A submit is retried only when it certainly made no task: it never left, the provider
+turned it away (429, 408), or, when its fate is unknown, a lookup at the provider proved there is
+no task. A lookup that finds the task resumes it instead; one that cannot tell raises
+`AmbiguousSubmitError` (unless the policy opts in to resubmitting).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import msgspec
+
+from ._exceptions import (
+    AmbiguousSubmitError,
+    APIError,
+    APIStatusError,
+    BadRequestError,
+    MJError,
+    NotFoundError,
+    RateLimitError,
+)
+from ._models.requests import JobRequest
+from ._models.results import Result
+from ._retry import phase_of, retry_delay
+
+if TYPE_CHECKING:
+    from ._job import Core
+
+__all__ = [
+    "KnownTasks",
+    "Resumed",
+    "call_with_retries",
+    "reconcile_submit",
+    "submit_with_retries",
+    "with_retries_taken",
+]
+
+T = TypeVar("T")
+R = TypeVar("R", bound=Result)
+
+
+def with_retries_taken(result: R, retries: int) -> R:
+    """`result`, noting how many retries it took (a copy only when there were some)."""
+    return msgspec.structs.replace(result, retries_taken=retries) if retries else result
+
+
+@dataclass(frozen=True)
+class Resumed:
+    """A submit whose answer was lost, but whose task the provider's records show."""
+
+    task_id: str
+    retries_taken: int
+
+
+class KnownTasks:
+    """Task ids this client already holds, so reconciling never adopts another job's task."""
+
+    def __init__(self, size: int = 100_000) -> None:
+        self._order: deque[str] = deque()
+        self._ids: set[str] = set()
+        self._size = size
+
+    def add(self, task_id: str) -> None:
+        """Remember `task_id` (the oldest is forgotten past `size`)."""
+        if task_id in self._ids:
+            return
+        self._ids.add(task_id)
+        self._order.append(task_id)
+        if len(self._order) > self._size:
+            self._ids.discard(self._order.popleft())
+
+    def __contains__(self, task_id: object) -> bool:
+        return task_id in self._ids
+
+
+async def call_with_retries(core: Core, send: Callable[[], Awaitable[T]]) -> T:
+    """Run an idempotent call, retrying what the policy allows; the final error says how many retries."""
+    attempt = 0
+    while True:
+        await core.limiter.before_request()
+        try:
+            return await send()
+        except MJError as error:
+            delay = _delay_before_retry(core, error, attempt, idempotent=True)
+            if delay is None:
+                _note_retries(error, attempt)
+                raise
+        attempt += 1
+        if delay:
+            await core.sleep(delay)
+
+
+async def submit_with_retries(
+    core: Core, send: Callable[[], Awaitable[T]], request: JobRequest
+) -> tuple[T | Resumed, int]:
+    """Send a submit; return its answer (or the task found after a lost answer) and the retries taken."""
+    attempt = 0
+    while True:
+        await core.limiter.before_submit()
+        sent_at = time.time()
+        try:
+            return await send(), attempt
+        except MJError as error:
+            if core.retry.max_retries == 0:
+                raise  # the resilience layer is off: the first error is the answer
+            if phase_of(error) == "unknown":
+                task_id = await reconcile_submit(core, request, error, sent_at, attempt)
+                if task_id is not None:
+                    return Resumed(task_id, attempt), attempt
+                # Proven (or, by policy, assumed) that no task was made: a retry cannot pay twice.
+                delay = _delay_before_retry(core, error, attempt, idempotent=True)
+            else:
+                delay = _delay_before_retry(core, error, attempt, idempotent=True)
+            if delay is None:
+                _note_retries(error, attempt)
+                raise
+        attempt += 1
+        if delay:
+            await core.sleep(delay)
+
+
+def _delay_before_retry(core: Core, error: MJError, attempt: int, *, idempotent: bool) -> float | None:
+    """Seconds to wait before the next try, or None to give up."""
+    phase = phase_of(error)
+    if phase == "fatal" or attempt >= core.retry.max_retries:
+        return None
+    if phase == "unknown" and not idempotent:
+        return None
+    delay = retry_delay(error, attempt, core.retry)
+    if delay is None:
+        return None
+    if isinstance(error, RateLimitError):
+        # One shared pause for every job of this client: the wait happens in `before_request`.
+        core.limiter.rate_limited(delay)
+        return 0.0
+    return delay
+
+
+async def reconcile_submit(
+    core: Core, request: JobRequest, error: MJError, sent_at: float, attempt: int
+) -> str | None:
+    """After a submit of unknown fate: the task's id if the provider has it, None if proven absent.
+
+    Raises `AmbiguousSubmitError` when the provider's records cannot settle it and the policy does
+    not allow resubmitting.
+    """
+    trace_id = error.trace_id if isinstance(error, APIStatusError) else None
+    if not isinstance(error, APIStatusError) and core.retry.reconcile_delay:
+        # No answer at all: the server may still be handling the request; let it settle first.
+        await core.sleep(core.retry.reconcile_delay)
+    try:
+        found = await _task_by_trace_id(core, trace_id) if trace_id else None
+        if found is None:
+            found = await _task_by_listing(core, request, sent_at)
+    except MJError as lookup_error:
+        found = None
+        lookup_failed: MJError | None = lookup_error
+    else:
+        lookup_failed = None
+    if found is not None:
+        core.known_tasks.add(found)
+        return found
+    # The server answered this very request with an error, and its records show no task for it.
+    proven_absent = trace_id is not None and lookup_failed is None
+    if proven_absent or core.retry.on_ambiguous_submit == "resubmit":
+        return None
+    ambiguous = AmbiguousSubmitError(
+        "the submit may have reached the provider, whose records do not show its task; not sending it "
+        "again, which could pay twice (RetryPolicy(on_ambiguous_submit='resubmit') to allow it)"
+        + (f"; the lookup failed too: {lookup_failed}" if lookup_failed else ""),
+        status=getattr(error, "status", None),
+        code=getattr(error, "code", None),
+        trace_id=trace_id,
+        request=getattr(error, "request", None),
+    )
+    ambiguous.retries_taken = attempt
+    raise ambiguous from error
+
+
+async def _task_by_trace_id(core: Core, trace_id: str) -> str | None:
+    path, body = core.provider.task_request(trace_id=trace_id)
+    try:
+        response = await call_with_retries(core, lambda: core.transport.post(path, body))
+    except (BadRequestError, NotFoundError):
+        return None
+    record: Any = core.provider.decode_task(response.body)
+    task_id: str | None = record.id or None
+    return task_id
+
+
+async def _task_by_listing(core: Core, request: JobRequest, sent_at: float) -> str | None:
+    query = core.provider.recent_tasks_request(request, since=sent_at)
+    if query is None:
+        raise AmbiguousSubmitError("this provider cannot list recent tasks to look the submit up")
+    path, body = query
+    response = await call_with_retries(core, lambda: core.transport.post(path, body))
+    batch = core.provider.decode_task_batch(response.body)
+    matches = [
+        record.id
+        for record in batch.items
+        if record.id and record.id not in core.known_tasks and core.provider.same_request(record, request)
+    ]
+    # Several identical, unclaimed submits in the window: adopting one could steal another job's task.
+    if len(matches) > 1:
+        raise AmbiguousSubmitError(
+            f"{len(matches)} recent tasks match this submit; cannot tell which is ours"
+        )
+    return matches[0] if matches else None
+
+
+def _note_retries(error: MJError, attempt: int) -> None:
+    if isinstance(error, APIError):
+        error.retries_taken = attempt
