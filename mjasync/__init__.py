@@ -10,6 +10,8 @@ async with mjasync.Client() as mj:  # MJASYNC_API_KEY, MJASYNC_BASE_URL from the
 
 from __future__ import annotations
 
+from ._batch import Outcome as Outcome
+from ._batch import Outcomes as Outcomes
 from ._client import DEFAULT_MAX_DOWNLOAD_BYTES as DEFAULT_MAX_DOWNLOAD_BYTES
 from ._client import Client as Client
 from ._config import Limits as Limits
@@ -98,6 +100,8 @@ __all__ = [
     "NOT_GIVEN",
     "NotFoundError",
     "NotGiven",
+    "Outcome",
+    "Outcomes",
     "PanDirection",
     "PermissionDeniedError",
     "PollPolicy",

@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, TypeVar
@@ -15,6 +16,7 @@ import anyio
 import msgspec
 
 from ._attempts import call_with_retries
+from ._batch import Outcomes, run_many
 from ._config import (
     DEFAULT_MAX_LINE_BYTES,
     DEFAULT_MAX_RESPONSE_BYTES,
@@ -538,6 +540,32 @@ class Client:
         """The seed of a generated image (a result or an `image_id`)."""
         image_id = target.image_id if isinstance(target, ImagineResult) else target
         return await self._call(SeedRequest(image_id=_required_text("image_id", image_id)), SeedResult)
+
+    # -- many jobs at once -------------------------------------------------------------------------------
+
+    def run_many(
+        self,
+        jobs: Iterable[Job[R]] | AsyncIterable[Job[R]],
+        *,
+        concurrency: int | None = None,
+        via: WaitVia = "poll",
+        fail_fast: bool = False,
+    ) -> AbstractAsyncContextManager[Outcomes[R]]:
+        """Run many jobs at once and yield each outcome as it completes.
+
+        ```python
+        async with mj.run_many(mj.imagine(p) for p in prompts) as outcomes:
+            async for outcome in outcomes:
+                ...
+        ```
+
+        `jobs` (sync or async iterable) is consumed lazily; `concurrency` defaults to the client's
+        `Limits.max_in_flight`. `via="poll"` (default) submits asynchronously and shares batched task
+        lookups, holding no connection per waiting job. A job's failure is its outcome; with
+        `fail_fast`, the first one cancels the rest and is raised.
+        """
+        limit = concurrency if concurrency is not None else self._options["limits"].max_in_flight
+        return run_many(jobs, concurrency=limit, via=via, fail_fast=fail_fast)
 
     # -- tasks ------------------------------------------------------------------------------------------
 

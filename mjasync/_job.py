@@ -79,25 +79,34 @@ class Job(Generic[R]):
     def __aiter__(self) -> JobStream[R]:
         return self.stream()
 
-    async def result(self, *, via: WaitVia | None = None) -> R:
+    async def result(
+        self, *, via: WaitVia | None = None, on_task_id: Callable[[str], None] | None = None
+    ) -> R:
         """Send the job and return its final result, getting it `via` a stream (default), polling or one long wait.
 
-        The job holds one of the client's in-flight slots from its submit to its result.
+        `on_task_id` is called once with the provider's task id as soon as it is known (to journal
+        it, say). The job holds one of the client's in-flight slots from its submit to its result.
         """
         via = via or self._core.wait_via
         if via not in ("stream", "poll", "sync"):
             raise InvalidRequestError(f"via must be 'stream', 'poll' or 'sync', not {via!r}")
         if via == "stream":
+            reported = False
             async with self.stream() as updates:
                 async for _ in updates:
-                    pass
+                    if on_task_id is not None and not reported and updates.task_id:
+                        reported = True
+                        on_task_id(updates.task_id)
             assert updates.final is not None  # the stream raises when it ends without one
             return updates.final
         async with self._core.limiter.slot(self):
             if via == "poll":
-                result = await (await self.submit()).wait()
+                handle = await self.submit()
+                if on_task_id is not None:
+                    on_task_id(handle.task_id)
+                result = await handle.wait()
             else:
-                result = await self._long_wait()
+                result = await self._long_wait(on_task_id)
         self._core.limiter.succeeded()
         return result
 
@@ -128,7 +137,7 @@ class Job(Generic[R]):
             core, self._kind, task_id, first_poll_delay=core.poll.initial_interval, retries_taken=retries
         )
 
-    async def _long_wait(self) -> R:
+    async def _long_wait(self, on_task_id: Callable[[str], None] | None) -> R:
         self._claim()
         core = self._core
         path, body, headers = core.provider.job_request(self._request, via="sync")
@@ -143,6 +152,8 @@ class Job(Generic[R]):
         if isinstance(answer, Resumed):
             # The long wait was cut short (a 504, a dropped connection) but the task exists: poll it.
             core.known_tasks.add(answer.task_id)
+            if on_task_id is not None:
+                on_task_id(answer.task_id)
             handle = TaskHandle(core, self._kind, answer.task_id, retries_taken=retries)
             return await handle.wait()
         result = core.provider.decode_result(self._kind, answer.body, request=f"POST {path}")
@@ -154,6 +165,8 @@ class Job(Generic[R]):
             )
         if result.task_id:
             core.known_tasks.add(result.task_id)
+            if on_task_id is not None:
+                on_task_id(result.task_id)
         return with_retries_taken(result, retries)
 
     def _claim(self) -> None:

@@ -1,0 +1,210 @@
+"""Fan-out layer: many jobs at once, each outcome as it completes, memory bounded however many there are.
+
+```python
+async with mj.run_many(mj.imagine(p) for p in prompts) as outcomes:
+    async for outcome in outcomes:
+        print(outcome.index, outcome.result or outcome.error)
+```
+
+The jobs are pulled from the iterable (sync or async) only as slots free up, so a generator of a
+million prompts never sits in memory. One job's failure is its outcome and does not stop the others
+(unless `fail_fast`). Leaving the block early cancels what is running: no task or connection stays
+behind, and `outcomes.unfinished` lists the task ids the provider accepted that did not finish.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterable
+from contextlib import aclosing, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import anyio
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from ._exceptions import MJError
+from ._job import Job
+from ._models.results import Result
+from ._types import WaitVia
+
+if sys.version_info < (3, 11):  # pragma: no cover - anyio brings the backport there
+    from exceptiongroup import BaseExceptionGroup
+
+__all__ = ["Outcome", "Outcomes", "run_many"]
+
+R = TypeVar("R", bound=Result)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome(Generic[R]):
+    """How one job ended: its result, or the typed error that stopped it."""
+
+    #: The job's position in the input.
+    index: int
+    job: Job[R]
+    result: R | None = None
+    error: MJError | None = None
+    #: The provider's id for the job, when it got that far.
+    task_id: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Whether the job finished with a result."""
+        return self.error is None
+
+    @property
+    def retries_taken(self) -> int:
+        """Retries the job needed."""
+        source: Any = self.result if self.result is not None else self.error
+        return int(getattr(source, "retries_taken", 0) or 0)
+
+
+class Outcomes(Generic[R]):
+    """The outcomes of a `run_many`, in completion order; iterate them inside its `async with`."""
+
+    def __init__(self, receive: MemoryObjectReceiveStream[Outcome[R]], tracker: _Tracker) -> None:
+        self._receive = receive
+        self._tracker = tracker
+
+    def __aiter__(self) -> AsyncIterator[Outcome[R]]:
+        return self._receive.__aiter__()
+
+    @property
+    def started(self) -> int:
+        """How many jobs have been taken from the input so far."""
+        return self._tracker.started
+
+    @property
+    def unfinished(self) -> list[str]:
+        """Task ids the provider accepted whose jobs had not finished when the run stopped."""
+        return sorted(self._tracker.accepted)
+
+
+class _Tracker:
+    def __init__(self) -> None:
+        self.started = 0
+        self.accepted: set[str] = set()
+        self.first_error: MJError | None = None
+        #: An exception raised by the caller's own iterable of jobs.
+        self.input_error: Exception | None = None
+
+
+@asynccontextmanager
+async def run_many(
+    jobs: Iterable[Job[R]] | AsyncIterable[Job[R]],
+    *,
+    concurrency: int,
+    via: WaitVia = "poll",
+    fail_fast: bool = False,
+) -> AsyncIterator[Outcomes[R]]:
+    """Run `jobs` with at most `concurrency` at once; yield their outcomes as they complete."""
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+        raise ValueError(f"concurrency must be a positive int, got {concurrency!r}")
+    # The buffer only smooths hand-over; a consumer that stops reading stops the workers, not memory.
+    send, receive = anyio.create_memory_object_stream[Outcome[R]](max_buffer_size=concurrency)
+    tracker = _Tracker()
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(_feed, jobs, send, tracker, concurrency, via, fail_fast, group)
+            try:
+                async with receive:
+                    yield Outcomes(receive, tracker)
+            finally:
+                # Whether the consumer finished or left early, nothing may outlive the block.
+                group.cancel_scope.cancel()
+    except BaseExceptionGroup as group_error:
+        # The task group wraps whatever the caller's block raised; hand it back as it was.
+        if len(group_error.exceptions) == 1:
+            raise group_error.exceptions[0] from None
+        raise
+    if tracker.input_error is not None:
+        raise tracker.input_error
+    if fail_fast and tracker.first_error is not None:
+        raise tracker.first_error
+
+
+async def _feed(
+    jobs: Iterable[Job[R]] | AsyncIterable[Job[R]],
+    send: MemoryObjectSendStream[Outcome[R]],
+    tracker: _Tracker,
+    concurrency: int,
+    via: WaitVia,
+    fail_fast: bool,
+    outer: TaskGroup,
+) -> None:
+    slots = anyio.Semaphore(concurrency)
+    async with send, anyio.create_task_group() as workers, aclosing(_aiter(jobs)) as pending:
+        index = 0
+        while True:
+            # Taking the next job only once a slot is free is what keeps memory flat.
+            await slots.acquire()
+            try:
+                job = await pending.__anext__()
+            except StopAsyncIteration:
+                slots.release()
+                break
+            except Exception as exc:  # the caller's iterable failed: stop taking jobs, say so after
+                slots.release()
+                tracker.input_error = exc
+                break
+            workers.start_soon(_run_one, index, job, send.clone(), slots, tracker, via, fail_fast, outer)
+            tracker.started += 1
+            index += 1
+
+
+async def _run_one(
+    index: int,
+    job: Job[R],
+    send: MemoryObjectSendStream[Outcome[R]],
+    slots: anyio.Semaphore,
+    tracker: _Tracker,
+    via: WaitVia,
+    fail_fast: bool,
+    outer: TaskGroup,
+) -> None:
+    task_ids: list[str] = []
+
+    def accepted(task_id: str) -> None:
+        task_ids.append(task_id)
+        tracker.accepted.add(task_id)
+
+    try:
+        async with send:
+            try:
+                result = await _complete(job, via, accepted)
+            except MJError as error:
+                task_id = _first(task_ids) or getattr(error, "task_id", None)
+                outcome: Outcome[R] = Outcome(index, job, error=error, task_id=task_id)
+                if fail_fast and tracker.first_error is None:
+                    tracker.first_error = error
+                    outer.cancel_scope.cancel()
+            else:
+                outcome = Outcome(index, job, result=result, task_id=result.task_id or _first(task_ids))
+            for task_id in task_ids:
+                tracker.accepted.discard(task_id)
+            try:
+                await send.send(outcome)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                pass  # the consumer has left the block; everything is being cancelled
+    finally:
+        slots.release()
+
+
+async def _complete(job: Job[R], via: WaitVia, accepted: Callable[[str], None]) -> R:
+    """Run one job to its result, reporting its task id as soon as the provider accepts it."""
+    return await job.result(via=via, on_task_id=accepted)
+
+
+def _first(items: list[str]) -> str | None:
+    return items[0] if items else None
+
+
+async def _aiter(jobs: Iterable[Job[R]] | AsyncIterable[Job[R]]) -> AsyncGenerator[Job[R], None]:
+    if isinstance(jobs, AsyncIterable):
+        async for job in jobs:
+            yield job
+    else:
+        for job in jobs:
+            yield job

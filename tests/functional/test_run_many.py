@@ -1,0 +1,120 @@
+"""run_many: many jobs at once, outcomes as they complete, bounded, cancel-safe."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+
+import mjasync
+from mjasync.emulator import Emulator
+from mjasync.testing import EMULATOR_TOKEN
+
+from ..conftest import FAST_POLL, open_connections
+
+
+async def test_outcomes_arrive_for_every_job_with_batched_polling(
+    mj: mjasync.Client, mj_emulator: Any
+) -> None:
+    """Forty imagine jobs all finish, each index once, polled with far fewer lookups than jobs."""
+    jobs = [mj.imagine(f"a lighthouse, study {i}") for i in range(40)]
+    async with mj.run_many(jobs, concurrency=16) as outcomes:
+        seen = [outcome async for outcome in outcomes]
+    assert sorted(o.index for o in seen) == list(range(40))
+    assert all(o.ok and o.result is not None and o.result.is_final for o in seen)
+    assert all(o.task_id == o.result.task_id for o in seen if o.result)
+    assert outcomes.unfinished == []
+    assert mj.poller.fetches < 40
+    assert mj_emulator.counters["submits"] == 40
+
+
+async def test_mixed_jobs_and_one_failure_do_not_cancel_the_rest(mj: mjasync.Client) -> None:
+    """Imagines and follow-ups mix; a moderated prompt is that job's outcome, the others still finish."""
+    grid = await mj.imagine("a cat")
+    jobs = [mj.imagine("a dog"), mj.upscale(grid, 2), mj.imagine("gore"), mj.variation(grid, 1)]
+    async with mj.run_many(jobs, concurrency=4, via="stream") as outcomes:
+        by_index = {o.index: o async for o in outcomes}
+    assert isinstance(by_index[2].error, mjasync.ModerationError)
+    assert all(by_index[i].ok for i in (0, 1, 3))
+    assert by_index[1].result is not None
+    assert "upscale_2x" in by_index[1].result.actions
+
+
+async def test_fail_fast_raises_the_first_error(mj: mjasync.Client) -> None:
+    """With fail_fast, the first failure cancels the run and is raised from the block."""
+    jobs = [mj.imagine("gore")] + [mj.imagine(f"cat {i}") for i in range(5)]
+    with pytest.raises(mjasync.ModerationError):
+        async with mj.run_many(jobs, concurrency=2, fail_fast=True) as outcomes:
+            async for _ in outcomes:
+                pass
+    assert open_connections(mj) == 0
+
+
+async def test_async_iterables_and_lazy_consumption(mj: mjasync.Client) -> None:
+    """An async generator of jobs is pulled only as slots free up, never far ahead of the outcomes."""
+    pulled = 0
+
+    async def jobs() -> AsyncIterator[mjasync.Job[mjasync.ImagineResult]]:
+        nonlocal pulled
+        for i in range(30):
+            pulled += 1
+            yield mj.imagine(f"fox {i}")
+
+    received = 0
+    async with mj.run_many(jobs(), concurrency=3) as outcomes:
+        async for outcome in outcomes:
+            received += 1
+            # Pulled = finished + running (≤ 3) + buffered outcomes (≤ 3).
+            assert pulled <= received + 3 + 3
+            assert outcome.ok
+    assert received == pulled == 30
+
+
+async def test_an_error_in_the_input_iterable_is_raised_plainly(mj: mjasync.Client) -> None:
+    """A failing input generator stops the run and its own exception comes out (no ExceptionGroup)."""
+
+    def jobs() -> Iterator[mjasync.Job[mjasync.ImagineResult]]:
+        yield mj.imagine("fox")
+        raise LookupError("the prompt file vanished")
+
+    with pytest.raises(LookupError, match="vanished"):
+        async with mj.run_many(jobs(), concurrency=2) as outcomes:
+            async for _ in outcomes:
+                pass
+
+
+async def test_leaving_early_cancels_and_reports_accepted_unfinished_tasks() -> None:
+    """Breaking out leaves no task or connection behind and lists the accepted, unfinished task ids."""
+    async with Emulator(tokens=(EMULATOR_TOKEN,), speed=30.0) as emulator:
+        async with mjasync.Client(api_key=EMULATOR_TOKEN, base_url=emulator.url, poll=FAST_POLL) as client:
+            before = asyncio.all_tasks()
+            jobs = (client.imagine(f"slow cat {i}") for i in range(1000))
+            with pytest.raises(TimeoutError):
+                async with client.run_many(jobs, concurrency=5) as outcomes:
+                    with mjasync_fail_after(0.5):
+                        async for _ in outcomes:
+                            pass
+            leftover = {t for t in asyncio.all_tasks() - before if not _is_server_task(t)}
+            assert leftover == set()
+            assert open_connections(client) == 0
+            assert len(outcomes.unfinished) == 5
+            assert outcomes.started == 5, "nothing was pulled beyond the running jobs"
+            known = {
+                r.json.get("id") for r in emulator.requests if r.json and r.json.get("action") == "retrieve"
+            }
+            assert emulator.counters["submits"] == 5
+            assert set(outcomes.unfinished) >= {t for t in known if t}
+            assert client.limiter.statistics().in_flight == 0
+
+
+def _is_server_task(task: asyncio.Task[Any]) -> bool:
+    """The emulator's own connection handlers (it serves the client's idle keep-alive sockets)."""
+    return task.get_coro().__qualname__.startswith("RequestHandler.")  # type: ignore[union-attr]
+
+
+def mjasync_fail_after(seconds: float) -> Any:
+    import anyio
+
+    return anyio.fail_after(seconds)
