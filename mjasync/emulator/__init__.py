@@ -1,8 +1,14 @@
-"""A local emulator of AceData Cloud's Midjourney API, for tests that run over real sockets offline.
+"""A local emulator of AceData's and GoAPI's Midjourney APIs, for tests that run over real sockets offline.
 
     async with Emulator() as emu:          # binds 127.0.0.1 on a free port
         ...                                # point a client at emu.url with token "test-token"
+                                           # (AceData: /midjourney/*, Bearer; GoAPI: /mj/v2/*, X-API-KEY)
         assert emu.counters["submits"] == 1
+
+Faults for robustness tests: ``Emulator(faults=FaultPlan(rate=0.2, seed=1))`` for a seeded share of all
+requests, or per request the header ``x-mjasync-fault: 500; phase=after`` (grammar in `_faults`);
+``Emulator(concurrency_limit=N)`` answers 429 past N open submits per token. Counters, tasks per prompt
+and faults are also served, without auth, at ``GET /_emulator/counters`` (``POST /_emulator/reset``).
 
 It shares no wire code with the mjasync client: its bodies are built from the provider's recorded
 examples, so a field-name mistake in the client cannot be hidden by the same mistake here.
@@ -22,8 +28,9 @@ import anyio
 from aiohttp import web
 from anyio.abc import TaskGroup
 
-from . import _acedata
+from . import _acedata, _goapi
 from ._app import make_app
+from ._faults import FAULT_HEADER, FAULT_KINDS, FaultInjector, FaultPlan, FaultRecord
 from ._store import (
     CallbackRecord,
     Clock,
@@ -37,9 +44,13 @@ from ._store import (
 __all__ = [
     "DEFAULT_BANNED_WORDS",
     "DEFAULT_TOKEN",
+    "FAULT_HEADER",
+    "FAULT_KINDS",
     "CallbackRecord",
     "Clock",
     "Emulator",
+    "FaultPlan",
+    "FaultRecord",
     "ImageSizes",
     "ManualClock",
     "RecordedRequest",
@@ -52,7 +63,7 @@ DEFAULT_BANNED_WORDS = ("gore",)
 
 
 class Emulator:
-    """Serve the AceData Midjourney API on a local port for as long as the ``async with`` block runs.
+    """Serve the AceData and GoAPI Midjourney APIs locally for as long as the ``async with`` block runs.
 
     Args:
         host: Interface to bind; keep the default loopback address.
@@ -65,6 +76,8 @@ class Emulator:
         image_sizes: Pixel sizes of the generated PNGs.
         callback_timeout: Total seconds allowed for each callback POST.
         queue_fraction: Share of `speed` a job spends queued before it starts.
+        faults: Faults injected into a seeded share of requests (the header works regardless).
+        concurrency_limit: Open submits allowed per token; one more is answered 429 with Retry-After.
     """
 
     def __init__(
@@ -80,6 +93,8 @@ class Emulator:
         image_sizes: ImageSizes | None = None,
         callback_timeout: float = 10.0,
         queue_fraction: float = 0.15,
+        faults: FaultPlan | None = None,
+        concurrency_limit: int | None = None,
     ) -> None:
         if speed < 0:
             raise ValueError("speed must be >= 0")
@@ -98,6 +113,7 @@ class Emulator:
             callback_timeout=callback_timeout,
         )
         self._store = Store(settings, clock)
+        self._faults = FaultInjector(self._store, faults, concurrency_limit)
         self._stack: contextlib.AsyncExitStack | None = None
 
     # --- what tests look at ---
@@ -135,13 +151,29 @@ class Emulator:
         return self._store.tasks_per_prompt
 
     @property
+    def faults(self) -> dict[str, int]:
+        """Injected faults by kind (`FAULT_KINDS` and ``concurrency``), also counted as ``fault_<kind>``."""
+        return self._faults.by_kind
+
+    @property
+    def fault_log(self) -> list[FaultRecord]:
+        """Every injected fault, oldest first: kind, phase, path, source and the task it hit."""
+        return self._faults.log
+
+    @property
+    def fault_plan(self) -> FaultPlan | None:
+        """The plan given as ``faults=``."""
+        return self._faults.plan
+
+    @property
     def callbacks(self) -> list[CallbackRecord]:
         """Every callback POST made, with the status received or the error met."""
         return self._store.callbacks
 
     def reset_records(self) -> None:
-        """Forget recorded requests, callbacks and counters; tasks and images stay available."""
+        """Forget recorded requests, callbacks, counters and faults; tasks and images stay available."""
         self._store.reset_records()
+        self._faults.reset()
 
     def task_record(self, task_id: str) -> dict[str, Any] | None:
         """Return the task record `/midjourney/tasks` would show now, or None for an unknown id."""
@@ -168,8 +200,15 @@ class Emulator:
                 stack.callback(group.cancel_scope.cancel)
                 store.start_soon = _starter(group)
                 stack.callback(setattr, store, "start_soon", None)
+                # The fault middleware runs inside the request log; /_emulator/* is outside any provider.
+                app = make_app(
+                    store,
+                    [_acedata.provider(), _goapi.provider()],
+                    middlewares=[self._faults.middleware],
+                    extra_routes=self._faults.routes(),
+                )
                 runner = web.AppRunner(
-                    make_app(store, [_acedata.provider()]),
+                    app,
                     handle_signals=False,
                     handler_cancellation=True,
                     shutdown_timeout=2.0,

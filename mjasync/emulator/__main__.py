@@ -1,4 +1,8 @@
-"""Run the emulator from a shell: ``python -m mjasync.emulator [--port 8080] [--speed 5] [--token T ...]``."""
+"""Run the emulator from a shell: ``python -m mjasync.emulator [--port 8080] [--speed 5] [--token T ...]``.
+
+Faults: ``--fault-rate 0.2 [--fault-kinds 429 500=2 reset] [--fault-seed 7] [--fault-scope submits]``
+and ``--concurrency-limit N``; counters at ``GET /_emulator/counters``.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from collections.abc import Sequence
 
 import anyio
 
-from . import DEFAULT_BANNED_WORDS, DEFAULT_TOKEN, Emulator
+from . import DEFAULT_BANNED_WORDS, DEFAULT_TOKEN, FAULT_KINDS, Emulator, FaultPlan
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -34,15 +38,56 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--banned-word", action="append", dest="banned_words", metavar="W", help="moderated word"
     )
+    faults = parser.add_argument_group("faults", "inject faults (counters at GET /_emulator/counters)")
+    faults.add_argument(
+        "--fault-rate", type=float, default=0.0, metavar="R", help="share of requests faulted, 0-1"
+    )
+    faults.add_argument(
+        "--fault-kinds",
+        nargs="+",
+        metavar="KIND[=W]",
+        help=f"kinds to draw, optionally weighted (default: all of {' '.join(FAULT_KINDS)})",
+    )
+    faults.add_argument("--fault-seed", type=int, default=0, metavar="N", help="seed (default: %(default)s)")
+    faults.add_argument(
+        "--fault-scope",
+        choices=("all", "submits", "fetch"),
+        default="all",
+        help="paths faulted (default: all)",
+    )
+    faults.add_argument(
+        "--concurrency-limit", type=int, metavar="N", help="open submits per token before a 429"
+    )
     return parser.parse_args(argv)
 
 
-async def _serve(args: argparse.Namespace) -> None:
+def _plan(args: argparse.Namespace) -> FaultPlan | None:
+    """The fault plan the flags ask for, or None.
+
+    Raises:
+        ValueError: a bad rate, kind or weight.
+    """
+    if not args.fault_rate:
+        return None
+    kinds: dict[str, float] = {}
+    for item in (part for value in args.fault_kinds or FAULT_KINDS for part in value.split(",") if part):
+        kind, _, weight = item.partition("=")
+        kinds[kind.strip()] = float(weight) if weight else 1.0
+    return FaultPlan(rate=args.fault_rate, kinds=kinds, seed=args.fault_seed, scope=args.fault_scope)
+
+
+async def _serve(args: argparse.Namespace, plan: FaultPlan | None) -> None:
     tokens = tuple(args.tokens or (DEFAULT_TOKEN,))
     banned = DEFAULT_BANNED_WORDS if args.banned_words is None else tuple(args.banned_words)
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with Emulator(
-            host=args.host, port=args.port, speed=args.speed, tokens=tokens, banned_words=banned
+            host=args.host,
+            port=args.port,
+            speed=args.speed,
+            tokens=tokens,
+            banned_words=banned,
+            faults=plan,
+            concurrency_limit=args.concurrency_limit,
         ) as emu:
             print(f"mjasync emulator listening on {emu.url}", flush=True)
             async for _ in signals:
@@ -55,8 +100,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.speed < 0:
         print("error: --speed must be >= 0", file=sys.stderr)
         return 2
+    if args.concurrency_limit is not None and args.concurrency_limit < 1:
+        print("error: --concurrency-limit must be >= 1", file=sys.stderr)
+        return 2
     try:
-        anyio.run(_serve, args, backend="asyncio")
+        plan = _plan(args)
+    except ValueError as exc:
+        print(f"error: faults: {exc}", file=sys.stderr)
+        return 2
+    try:
+        anyio.run(_serve, args, plan, backend="asyncio")
     except KeyboardInterrupt:  # a Ctrl-C that lands before the signal receiver is installed
         pass
     except OSError as exc:

@@ -35,6 +35,7 @@ from ._app import (
     str_list,
     url_field,
 )
+from ._faults import stream_faults, task_created
 from ._store import STORE_KEY, APIError, Closing, ImageRecord, Store, TaskRecord, VideoRecord
 
 __all__ = ["ENLARGED_ACTIONS", "GRID_ACTIONS", "PROGRESS_STEPS", "UPSCALED_ACTIONS", "provider", "routes"]
@@ -246,11 +247,13 @@ def _prompt_failure(prompt: str) -> str | None:
 async def _answer(request: web.Request, store: Store, task: TaskRecord, body: JSON) -> web.StreamResponse:
     callback_url = url_field(body, "callback_url")
     ndjson = _NDJSON in request.headers.get("Accept", "")
+    if callback_url and store.start_soon is not None:
+        # With ndjson the callback receives every progress line; otherwise only the final body.
+        events = task.events if ndjson else task.events[-1:]
+        store.start_soon(functools.partial(store.deliver, callback_url, events))
+    # An injected `phase=after` fault answers here instead: the task exists, the client never hears of it.
+    task_created(request, task.id, task.trace_id)
     if callback_url or flag(body, "async"):
-        if callback_url and store.start_soon is not None:
-            # With ndjson the callback receives every progress line; otherwise only the final body.
-            events = task.events if ndjson else task.events[-1:]
-            store.start_soon(functools.partial(store.deliver, callback_url, events))
         return web.json_response({"task_id": task.id})
     if ndjson:
         return await _stream(request, store, task)
@@ -259,12 +262,17 @@ async def _answer(request: web.Request, store: Store, task: TaskRecord, body: JS
 
 async def _stream(request: web.Request, store: Store, task: TaskRecord) -> web.StreamResponse:
     store.count("streams")
+    faults = stream_faults(request, task.id, len(task.events))
     response = web.StreamResponse(headers={"Content-Type": _NDJSON})
+    await faults.first_byte()
     await response.prepare(request)
     try:
-        for when, body in task.events:
+        for sent, (when, body) in enumerate(task.events):
+            if faults.cut(sent):
+                return response  # the connection is closing: no final line, no end of the chunked body
             await store.wait_until(when)
-            await response.write(json.dumps(body, separators=(",", ":")).encode() + b"\n")
+            line = json.dumps(body, separators=(",", ":")).encode()
+            await response.write(faults.line(sent, line) + b"\n")
     except Closing:
         pass  # shutting down: end the stream cleanly where it is
     except ConnectionResetError:
@@ -278,8 +286,8 @@ async def _wait(store: Store, task: TaskRecord, timeout: float) -> web.Response:
     await store.wait_until(min(task.finished_at, deadline))
     if task.finished_at > deadline:
         store.count("sync_timeouts")
-        # The job keeps running and stays retrievable through /midjourney/tasks.
-        return error_response(504, "timeout", "Timeout to generate the image.")
+        # The job keeps running and stays retrievable through /midjourney/tasks, by id or trace id.
+        return error_response(504, "timeout", "Timeout to generate the image.", trace_id=task.trace_id)
     final = task.final
     if final.get("success") is False:
         error = final["error"]

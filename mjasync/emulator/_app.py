@@ -80,8 +80,8 @@ class ProviderSpec:
     routes: Sequence[tuple[str, Handler]]
     #: Whether the request carries an accepted key for this provider.
     authorized: Callable[[web.Request, tuple[str, ...]], bool]
-    #: The provider's error response for (status, code, message).
-    error_response: Callable[[int, str, str], web.Response]
+    #: The provider's error response for (status, code, message, *, trace_id=None).
+    error_response: Callable[..., web.Response]
 
 
 PROVIDERS_KEY = web.AppKey("mjasync.emulator.providers", tuple)
@@ -95,10 +95,16 @@ def provider_for(request: web.Request) -> ProviderSpec | None:
     return None
 
 
-def error_for(request: web.Request, status: int, code: str, message: str) -> web.Response:
-    """The error response in the shape of the provider *request* is for (AceData's shape otherwise)."""
+def error_for(
+    request: web.Request, status: int, code: str, message: str, *, trace_id: str | None = None
+) -> web.Response:
+    """The error response in the shape of the provider *request* is for (AceData's shape otherwise).
+
+    *trace_id* ties the error to a task the request did create (a fault after the task was made).
+    """
     spec = provider_for(request)
-    return spec.error_response(status, code, message) if spec else error_response(status, code, message)
+    build = spec.error_response if spec else error_response
+    return build(status, code, message, trace_id=trace_id)
 
 
 def make_app(

@@ -12,9 +12,9 @@ import secrets
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import anyio
@@ -22,6 +22,9 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from ._images import Spec
+
+if TYPE_CHECKING:
+    from ._goapi_tasks import GoapiTask
 
 __all__ = [
     "COUNTERS",
@@ -168,6 +171,10 @@ class VideoRecord:
     count: int = 4
 
 
+#: The account e-mail a task record shows (§11 has the user's own address there).
+EMULATOR_EMAIL = "user@emulator.mjasync.invalid"
+
+
 @dataclass
 class TaskRecord:
     """A job and its planned events; `snapshot(now)` is the provider's task record at that time."""
@@ -183,6 +190,9 @@ class TaskRecord:
     events: list[tuple[float, JSON]]
     prompt: str = ""
     object_id: str = field(default_factory=lambda: secrets.token_hex(12))
+    #: The Midjourney job behind the task (`job_id` in the record, §11), and the key it ran under.
+    job_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    credential_id: str = field(default_factory=lambda: str(uuid.uuid4()))
 
     @property
     def started_at(self) -> float:
@@ -215,7 +225,9 @@ class TaskRecord:
             "id": self.id,
             "type": self.type,
             "application_id": self.application_id,
+            "credential_id": self.credential_id,
             "mode": self.mode,
+            "email": EMULATOR_EMAIL,
             "request": self.request,
             "trace_id": self.trace_id,
             "created_at": self.created_at,
@@ -228,8 +240,12 @@ class TaskRecord:
         if now >= self.finished_at:
             record["finished_at"] = self.finished_at
             record["duration"] = self.finished_at - self.created_at
+            record["job_id"] = self.job_id
+            record["hold"] = False
             if isinstance(self.final.get("image_id"), str):
                 record["image_id"] = self.final["image_id"]
+        # `response` stays exactly the endpoint's body, as §11 says; its example also shows job_id and
+        # hold inside it, which the seeds' recorded bodies never have, so they live at the top only.
         return record
 
 
@@ -245,6 +261,8 @@ class Store:
         self.tasks_by_trace: dict[str, TaskRecord] = {}
         self.images: dict[str, ImageRecord] = {}
         self.videos: dict[str, VideoRecord] = {}
+        #: GoAPI's tasks, apart from AceData's: neither provider can look up the other's ids.
+        self.goapi_tasks: dict[str, GoapiTask] = {}
         self.requests: list[RecordedRequest] = []
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
         self.tasks_per_prompt: dict[str, int] = {}
@@ -328,8 +346,18 @@ class Store:
         self.tasks_by_trace[task.trace_id] = task
         self.count("tasks")
         if submit:
-            self.count("submits")
-            self.tasks_per_prompt[task.prompt] = self.tasks_per_prompt.get(task.prompt, 0) + 1
+            self.count_submit(task.prompt)
+
+    def count_submit(self, prompt: str) -> None:
+        """Count one billed submit towards `submits` and towards *prompt* (shared by every provider)."""
+        self.count("submits")
+        self.tasks_per_prompt[prompt] = self.tasks_per_prompt.get(prompt, 0) + 1
+
+    def add_goapi_task(self, task: GoapiTask) -> None:
+        """Store a GoAPI task; every GoAPI task comes from a billed submit, counted like AceData's."""
+        self.goapi_tasks[task.id] = task
+        self.count("tasks")
+        self.count_submit(task.billing_prompt)
 
     def add_image(self, image: ImageRecord) -> ImageRecord:
         """Store and return *image*."""
@@ -367,19 +395,25 @@ class Store:
                 return
             await self.post_callback(url, body)
 
-    async def post_callback(self, url: str, body: JSON) -> None:
-        """POST *body* to *url* once and record the outcome; failures are recorded, never raised."""
+    async def post_callback(
+        self, url: str, body: JSON, *, headers: Mapping[str, str] | None = None
+    ) -> CallbackRecord | None:
+        """POST *body* to *url* once and record and return the outcome (None when not running).
+
+        Failures are recorded, never raised.
+        """
         if self.http is None:
-            return
+            return None
         self.count("callbacks")
         try:
-            async with self.http.post(url, json=body) as resp:
+            async with self.http.post(url, json=body, headers=headers) as resp:
                 await resp.read()
                 record = CallbackRecord(url, body, resp.status)
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             self.count("callback_errors")
             record = CallbackRecord(url, body, None, f"{type(exc).__name__}: {exc}")
         self.callbacks.append(record)
+        return record
 
 
 STORE_KEY = web.AppKey("mjasync.emulator.store", Store)
