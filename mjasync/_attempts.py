@@ -37,6 +37,7 @@ __all__ = [
     "KnownTasks",
     "Resumed",
     "call_with_retries",
+    "find_submitted",
     "reconcile_submit",
     "submit_with_retries",
     "with_retries_taken",
@@ -193,6 +194,14 @@ async def _task_by_trace_id(core: Core, trace_id: str) -> str | None:
     record: Any = core.provider.decode_task(response.body)
     task_id: str | None = record.id or None
     return task_id
+
+
+async def find_submitted(core: Core, request: JobRequest, since: float) -> str | None:
+    """The id of a task made by an earlier submit of `request` since `since`, not yet held by this client."""
+    found = await _task_by_listing(core, request, since)
+    if found is not None:
+        core.known_tasks.add(found)
+    return found
 
 
 async def _task_by_listing(core: Core, request: JobRequest, sent_at: float) -> str | None:

@@ -25,7 +25,7 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._exceptions import MJError
-from ._job import Job
+from ._job import Job, TaskHandle
 from ._models.results import Result
 from ._types import WaitVia
 
@@ -43,7 +43,8 @@ class Outcome(Generic[R]):
 
     #: The job's position in the input.
     index: int
-    job: Job[R]
+    #: The input item: a job, or the handle of a job submitted earlier.
+    job: Job[R] | TaskHandle[R]
     result: R | None = None
     error: MJError | None = None
     #: The provider's id for the job, when it got that far.
@@ -91,15 +92,25 @@ class _Tracker:
         self.input_error: Exception | None = None
 
 
+Work = Job[R] | TaskHandle[R]
+#: Called with (index, task_id) the moment the provider accepts a job (or a handle's wait starts).
+OnAccepted = Callable[[int, str], None]
+
+
 @asynccontextmanager
 async def run_many(
-    jobs: Iterable[Job[R]] | AsyncIterable[Job[R]],
+    jobs: Iterable[Work[R]] | AsyncIterable[Work[R]],
     *,
     concurrency: int,
     via: WaitVia = "poll",
     fail_fast: bool = False,
+    on_accepted: OnAccepted | None = None,
 ) -> AsyncIterator[Outcomes[R]]:
-    """Run `jobs` with at most `concurrency` at once; yield their outcomes as they complete."""
+    """Run `jobs` with at most `concurrency` at once; yield their outcomes as they complete.
+
+    An item may be a `TaskHandle` of a job submitted earlier (say, by a run that was killed): it is
+    waited on, never submitted again.
+    """
     if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
         raise ValueError(f"concurrency must be a positive int, got {concurrency!r}")
     # The buffer only smooths hand-over; a consumer that stops reading stops the workers, not memory.
@@ -107,7 +118,7 @@ async def run_many(
     tracker = _Tracker()
     try:
         async with anyio.create_task_group() as group:
-            group.start_soon(_feed, jobs, send, tracker, concurrency, via, fail_fast, group)
+            group.start_soon(_feed, jobs, send, tracker, concurrency, via, fail_fast, on_accepted, group)
             try:
                 async with receive:
                     yield Outcomes(receive, tracker)
@@ -126,12 +137,13 @@ async def run_many(
 
 
 async def _feed(
-    jobs: Iterable[Job[R]] | AsyncIterable[Job[R]],
+    jobs: Iterable[Work[R]] | AsyncIterable[Work[R]],
     send: MemoryObjectSendStream[Outcome[R]],
     tracker: _Tracker,
     concurrency: int,
     via: WaitVia,
     fail_fast: bool,
+    on_accepted: OnAccepted | None,
     outer: TaskGroup,
 ) -> None:
     slots = anyio.Semaphore(concurrency)
@@ -149,19 +161,22 @@ async def _feed(
                 slots.release()
                 tracker.input_error = exc
                 break
-            workers.start_soon(_run_one, index, job, send.clone(), slots, tracker, via, fail_fast, outer)
+            workers.start_soon(
+                _run_one, index, job, send.clone(), slots, tracker, via, fail_fast, on_accepted, outer
+            )
             tracker.started += 1
             index += 1
 
 
 async def _run_one(
     index: int,
-    job: Job[R],
+    job: Work[R],
     send: MemoryObjectSendStream[Outcome[R]],
     slots: anyio.Semaphore,
     tracker: _Tracker,
     via: WaitVia,
     fail_fast: bool,
+    on_accepted: OnAccepted | None,
     outer: TaskGroup,
 ) -> None:
     task_ids: list[str] = []
@@ -169,6 +184,8 @@ async def _run_one(
     def accepted(task_id: str) -> None:
         task_ids.append(task_id)
         tracker.accepted.add(task_id)
+        if on_accepted is not None:
+            on_accepted(index, task_id)
 
     try:
         async with send:
@@ -192,8 +209,11 @@ async def _run_one(
         slots.release()
 
 
-async def _complete(job: Job[R], via: WaitVia, accepted: Callable[[str], None]) -> R:
+async def _complete(job: Work[R], via: WaitVia, accepted: Callable[[str], None]) -> R:
     """Run one job to its result, reporting its task id as soon as the provider accepts it."""
+    if isinstance(job, TaskHandle):
+        accepted(job.task_id)
+        return await job.wait()
     return await job.result(via=via, on_task_id=accepted)
 
 
@@ -201,7 +221,7 @@ def _first(items: list[str]) -> str | None:
     return items[0] if items else None
 
 
-async def _aiter(jobs: Iterable[Job[R]] | AsyncIterable[Job[R]]) -> AsyncGenerator[Job[R], None]:
+async def _aiter(jobs: Iterable[Work[R]] | AsyncIterable[Work[R]]) -> AsyncGenerator[Work[R], None]:
     if isinstance(jobs, AsyncIterable):
         async for job in jobs:
             yield job

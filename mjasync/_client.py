@@ -15,7 +15,7 @@ import aiohttp
 import anyio
 import msgspec
 
-from ._attempts import call_with_retries
+from ._attempts import call_with_retries, find_submitted
 from ._batch import Outcomes, run_many
 from ._config import (
     DEFAULT_MAX_LINE_BYTES,
@@ -545,11 +545,12 @@ class Client:
 
     def run_many(
         self,
-        jobs: Iterable[Job[R]] | AsyncIterable[Job[R]],
+        jobs: Iterable[Job[R] | TaskHandle[R]] | AsyncIterable[Job[R] | TaskHandle[R]],
         *,
         concurrency: int | None = None,
         via: WaitVia = "poll",
         fail_fast: bool = False,
+        on_accepted: Callable[[int, str], None] | None = None,
     ) -> AbstractAsyncContextManager[Outcomes[R]]:
         """Run many jobs at once and yield each outcome as it completes.
 
@@ -562,10 +563,21 @@ class Client:
         `jobs` (sync or async iterable) is consumed lazily; `concurrency` defaults to the client's
         `Limits.max_in_flight`. `via="poll"` (default) submits asynchronously and shares batched task
         lookups, holding no connection per waiting job. A job's failure is its outcome; with
-        `fail_fast`, the first one cancels the rest and is raised.
+        `fail_fast`, the first one cancels the rest and is raised. Items may also be `TaskHandle`s of
+        jobs submitted earlier: they are waited on, not sent again. `on_accepted(index, task_id)`
+        is called the moment each job's task id is known (to journal it).
         """
         limit = concurrency if concurrency is not None else self._options["limits"].max_in_flight
-        return run_many(jobs, concurrency=limit, via=via, fail_fast=fail_fast)
+        return run_many(jobs, concurrency=limit, via=via, fail_fast=fail_fast, on_accepted=on_accepted)
+
+    async def find_task(self, job: Job[Any], *, since: float) -> str | None:
+        """The task id of an earlier submit of the same request, made since `since` (unix time).
+
+        For picking up after a crash between a submit and writing down its task id: the provider's
+        recent tasks are searched for one with this request. None when there is none; raises
+        `AmbiguousSubmitError` when several match or the provider cannot list tasks.
+        """
+        return await find_submitted(self._core, job.request, since)
 
     # -- tasks ------------------------------------------------------------------------------------------
 

@@ -118,3 +118,30 @@ def mjasync_fail_after(seconds: float) -> Any:
     import anyio
 
     return anyio.fail_after(seconds)
+
+
+async def test_handles_of_earlier_submits_are_waited_on_not_resubmitted(
+    mj: mjasync.Client, mj_emulator: Any
+) -> None:
+    """Handles in the input resume jobs submitted before; on_accepted reports every task id once."""
+    earlier = [await mj.imagine(f"owl {i}").submit() for i in range(3)]
+    resumed = [mj.task(handle.task_id) for handle in earlier]
+    accepted: dict[int, str] = {}
+    jobs: list[Any] = [*resumed, mj.imagine("owl 3")]
+    async with mj.run_many(jobs, concurrency=4, on_accepted=accepted.__setitem__) as outcomes:
+        results = {o.index: o async for o in outcomes}
+    assert all(o.ok for o in results.values())
+    assert [accepted[i] for i in range(3)] == [h.task_id for h in earlier]
+    assert accepted[3] == results[3].task_id
+    assert mj_emulator.counters["submits"] == 4
+
+
+async def test_find_task_picks_up_a_submit_whose_answer_was_never_written_down(mj: mjasync.Client) -> None:
+    """find_task finds the task of an identical earlier submit, and None for a request never sent."""
+    import time
+
+    since = time.time()
+    other_client_job = mj.with_options()  # a fresh client knows none of the tasks
+    handle = await other_client_job.imagine("a crane at dawn").submit()
+    assert await mj.find_task(mj.imagine("a crane at dawn"), since=since) == handle.task_id
+    assert await mj.find_task(mj.imagine("never sent"), since=since) is None
