@@ -9,7 +9,7 @@ from typing import Any, Generic, TypeVar
 
 import anyio
 
-from ._attempts import KnownTasks, Resumed, submit_with_retries, with_retries_taken
+from ._attempts import KnownTasks, Resumed, call_with_retries, submit_with_retries, with_retries_taken
 from ._config import DEFAULT_SERVER_TIMEOUT, PollPolicy, RetryPolicy
 from ._exceptions import InvalidRequestError, ResponseDecodeError, WaitTimeoutError
 from ._limiter import JobLimiter
@@ -209,9 +209,10 @@ class TaskHandle(Generic[R]):
 
     async def record(self) -> TaskRecord[R]:
         """The task record as it stands now."""
-        path, body = self._core.provider.task_request(self.task_id)
-        response = await self._core.transport.post(path, body)
-        record: TaskRecord[R] = self._core.provider.decode_task(response.body, self._kind)
+        core = self._core
+        path, body = core.provider.task_request(self.task_id)
+        response = await call_with_retries(core, lambda: core.transport.post(path, body))
+        record: TaskRecord[R] = core.provider.decode_task(response.body, self._kind)
         return record
 
     def updates(self, *, deadline: float | NotGiven | None = NOT_GIVEN) -> TaskUpdates[R]:
