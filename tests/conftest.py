@@ -11,6 +11,8 @@ import mjasync
 from mjasync.emulator import DEFAULT_TOKEN as EMULATOR_TOKEN
 
 pytest_plugins = ["mjasync.testing"]
+# Asserts in the shared test helpers report their values as the tests' own asserts do.
+pytest.register_assert_rewrite("tests.helpers")
 
 #: Fast polling, so submit-and-wait tests take milliseconds against a speed-0 emulator.
 FAST_POLL = mjasync.PollPolicy(initial_interval=0.01, factor=1.5, max_interval=0.05, batch_window=0.005)

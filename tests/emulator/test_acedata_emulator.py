@@ -3,35 +3,37 @@
 from __future__ import annotations
 
 import base64
-import io
 import json
 import signal
 import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
 import anyio
 import pytest
-from aiohttp import web
-from PIL import Image
 
 from mjasync.emulator import Emulator, ImageSizes, ManualClock
 from mjasync.testing import EMULATOR_TOKEN
 
+from ..helpers import ACEDATA_GRID_ACTIONS as GRID_ACTIONS
+from ..helpers import ACEDATA_UPSCALED_ACTIONS as UPSCALED_ACTIONS
+from ..helpers import (
+    NDJSON,
+    acedata_headers,
+    acedata_json,
+    fetch_png,
+    mask_b64,
+    post_acedata,
+    running,
+    until,
+    webhook_receiver,
+)
+
 pytestmark = pytest.mark.anyio
 
-GRID_ACTIONS = [
-    "upscale1", "upscale2", "upscale3", "upscale4", "reroll",
-    "variation1", "variation2", "variation3", "variation4",
-]  # fmt: skip
-UPSCALED_ACTIONS = [
-    "upscale_2x", "upscale_4x", "variation_subtle", "variation_strong", "zoom_out_2x", "zoom_out_1_5x",
-    "pan_left", "pan_right", "pan_up", "pan_down",
-]  # fmt: skip
 IMAGE_KEYS = {"image_url", "image_width", "image_height", "image_id", "raw_image_url", "raw_image_width"}
 IMAGE_KEYS |= {"raw_image_height", "progress", "task_id", "success"}
 VIDEO_KEYS = {
@@ -44,39 +46,13 @@ VIDEO_KEYS = {
     "task_id",
     "success",
 }
-NDJSON = "application/x-ndjson"
-
-
-@asynccontextmanager
-async def running(**options: Any) -> AsyncIterator[tuple[Emulator, aiohttp.ClientSession]]:
-    """Run an emulator on 127.0.0.1 with *options* and a plain aiohttp session."""
-    async with Emulator(host="127.0.0.1", port=0, **options) as emu, aiohttp.ClientSession() as session:
-        yield emu, session
 
 
 async def call(
-    session: aiohttp.ClientSession,
-    emu: Emulator,
-    path: str,
-    body: Any,
-    *,
-    token: str | None = EMULATOR_TOKEN,
-    accept: str = "application/json",
+    session: aiohttp.ClientSession, emu: Emulator, path: str, body: Any, **options: Any
 ) -> tuple[int, Any]:
-    """POST *body* to an API path and return ``(status, parsed JSON)``."""
-    headers = {"accept": accept}
-    if token is not None:
-        headers["authorization"] = f"Bearer {token}"
-    async with session.post(f"{emu.url}/midjourney/{path}", json=body, headers=headers) as resp:
-        return resp.status, await resp.json()
-
-
-async def fetch_png(session: aiohttp.ClientSession, url: str) -> Image.Image:
-    """GET a PNG from the emulator's CDN (no auth) and open it."""
-    async with session.get(url) as resp:
-        assert resp.status == 200
-        assert resp.content_type == "image/png"
-        return Image.open(io.BytesIO(await resp.read()))
+    """POST *body* to an API path and return ``(status, parsed JSON)``; *options* as `acedata_json` takes them."""
+    return await acedata_json(session, emu, f"/midjourney/{path}", body, **options)
 
 
 def assert_error(status: int, body: Any, expected_status: int, code: str) -> None:
@@ -87,38 +63,6 @@ def assert_error(status: int, body: Any, expected_status: int, code: str) -> Non
     assert isinstance(body["error"]["message"], str)
     assert body["error"]["message"]
     assert uuid.UUID(body["trace_id"]).version == 4
-
-
-def mask_b64(box: tuple[int, int, int, int] | None = (16, 16, 40, 40)) -> str:
-    """Base64 of a black 64x64 PNG with a white rectangle (the area to repaint)."""
-    img = Image.new("L", (64, 64), 0)
-    if box is not None:
-        img.paste(255, box)
-    out = io.BytesIO()
-    img.save(out, "PNG")
-    return base64.b64encode(out.getvalue()).decode()
-
-
-@asynccontextmanager
-async def callback_receiver() -> AsyncIterator[tuple[str, anyio.abc.ObjectReceiveStream[dict[str, Any]]]]:
-    """Serve a webhook on 127.0.0.1 that forwards each POSTed JSON body to a receive stream."""
-    send, receive = anyio.create_memory_object_stream[dict[str, Any]](100)
-
-    async def hook(request: web.Request) -> web.Response:
-        send.send_nowait(await request.json())
-        return web.Response(text="ok")
-
-    app = web.Application()
-    app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        with send, receive:
-            yield f"http://127.0.0.1:{runner.addresses[0][1]}/hook", receive
-    finally:
-        await runner.cleanup()
 
 
 # --- imagine, synchronous -----------------------------------------------------------------------
@@ -270,9 +214,8 @@ async def test_imagine_validation_errors() -> None:
 async def test_ndjson_stream_lines() -> None:
     """accept ndjson: >= 6 lines, rising progress, a new image_id per line, actions only on the last."""
     async with running(image_sizes=ImageSizes(grid=128)) as (emu, session):
-        headers = {"authorization": f"Bearer {EMULATOR_TOKEN}", "accept": NDJSON}
-        url = f"{emu.url}/midjourney/imagine"
-        async with session.post(url, json={"prompt": "a beautiful cat --v 6"}, headers=headers) as resp:
+        body = {"prompt": "a beautiful cat --v 6"}
+        async with post_acedata(session, emu, "/midjourney/imagine", body, accept=NDJSON) as resp:
             assert resp.status == 200
             assert resp.content_type == NDJSON
             lines = [json.loads(line) async for line in resp.content if line.strip()]
@@ -298,9 +241,8 @@ async def test_stream_lines_follow_the_clock_and_match_the_task_record() -> None
     """Each line is sent when its time comes, and /tasks shows that same line meanwhile."""
     clock = ManualClock()
     async with running(speed=10.0, clock=clock) as (emu, session):
-        headers = {"authorization": f"Bearer {EMULATOR_TOKEN}", "accept": NDJSON}
-        async with session.post(
-            f"{emu.url}/midjourney/imagine", json={"prompt": "dawn"}, headers=headers
+        async with post_acedata(
+            session, emu, "/midjourney/imagine", {"prompt": "dawn"}, accept=NDJSON
         ) as resp:
             assert resp.status == 200
             task_id = await latest_task_id(session, emu)
@@ -387,14 +329,14 @@ async def test_retrieve_batch() -> None:
 async def test_callback_receives_the_final_body() -> None:
     """callback_url: {task_id} at once, then one POST with success, task_id and the result fields."""
     async with (
-        callback_receiver() as (hook, received),
+        webhook_receiver() as (hook, received),
         running(image_sizes=ImageSizes(grid=128)) as (emu, session),
     ):
         status, submitted = await call(session, emu, "imagine", {"prompt": "a cat", "callback_url": hook})
         assert status == 200
         assert list(submitted) == ["task_id"]
         with anyio.fail_after(5):
-            body = await received.receive()
+            body = (await received.receive()).body
         assert body["success"] is True
         assert body["task_id"] == submitted["task_id"]
         assert set(body) == IMAGE_KEYS | {"actions"}
@@ -406,17 +348,15 @@ async def test_callback_receives_the_final_body() -> None:
         )
         assert status == 200
         with anyio.fail_after(5):
-            body = await received.receive()
+            body = (await received.receive()).body
         assert body == {
             "success": False,
             "task_id": submitted["task_id"],
             "error": {"code": "bad_request", "message": "Unrecognized argument(s): `-c`, `x`"},
         }
-        with anyio.fail_after(5):
-            # The emulator records the outcome only after reading the webhook's reply, which
-            # happens after our hook has forwarded the body; nothing to wait on but the record.
-            while len(emu.callbacks) < 2:  # noqa: ASYNC110
-                await anyio.sleep(0.01)
+        # The emulator records the outcome only after reading the webhook's reply, which
+        # happens after our hook has forwarded the body; nothing to wait on but the record.
+        await until(lambda: len(emu.callbacks) >= 2)
         assert emu.counters["callbacks"] == 2
         assert [(c.url, c.status, c.error) for c in emu.callbacks] == [(hook, 200, None)] * 2
 
@@ -424,7 +364,7 @@ async def test_callback_receives_the_final_body() -> None:
 async def test_ndjson_with_callback_posts_every_line() -> None:
     """accept ndjson + callback_url: the reply is still {task_id}; the callback gets one POST per line."""
     async with (
-        callback_receiver() as (hook, received),
+        webhook_receiver() as (hook, received),
         running(image_sizes=ImageSizes(grid=128)) as (emu, session),
     ):
         body = {"prompt": "a lighthouse", "callback_url": hook}
@@ -432,7 +372,7 @@ async def test_ndjson_with_callback_posts_every_line() -> None:
         assert status == 200
         assert list(submitted) == ["task_id"]
         with anyio.fail_after(5):
-            lines = [await received.receive() for _ in range(6)]
+            lines = [(await received.receive()).body for _ in range(6)]
         assert [line["progress"] for line in lines] == [5, 20, 35, 55, 75, 100]
         assert {line["task_id"] for line in lines} == {submitted["task_id"]}
         assert lines[-1]["actions"] == GRID_ACTIONS
@@ -497,7 +437,7 @@ async def test_auth_errors_are_401_invalid_token() -> None:
 async def test_invalid_json_moderation_and_unknown_route() -> None:
     """Bad JSON: 400 bad_request; a banned word: 403 forbidden; an unknown API path: 404 no_api."""
     async with running(banned_words=("gore",)) as (emu, session):
-        headers = {"authorization": f"Bearer {EMULATOR_TOKEN}", "content-type": "application/json"}
+        headers = {**acedata_headers(accept=None), "content-type": "application/json"}
         for payload in (b"{not json", b"", b'["a list"]'):
             async with session.post(f"{emu.url}/midjourney/imagine", data=payload, headers=headers) as resp:
                 body = await resp.json()
@@ -526,7 +466,7 @@ async def test_oversized_bodies_get_413() -> None:
                 yield b"y" * 512
             yield b'"}'
 
-        headers = {"authorization": f"Bearer {EMULATOR_TOKEN}", "content-type": "application/json"}
+        headers = {**acedata_headers(accept=None), "content-type": "application/json"}
         async with session.post(f"{emu.url}/midjourney/imagine", data=chunks(), headers=headers) as resp:
             assert_error(resp.status, await resp.json(), 413, "content_too_large")
         assert emu.counters["submits"] == 0
@@ -686,7 +626,7 @@ async def test_shutdown_ends_an_open_stream() -> None:
     clock = ManualClock()
     async with aiohttp.ClientSession() as session:
         async with Emulator(clock=clock, speed=5.0) as emu:
-            headers = {"authorization": f"Bearer {EMULATOR_TOKEN}", "accept": NDJSON}
+            headers = acedata_headers(accept=NDJSON)
             resp = await session.post(
                 f"{emu.url}/midjourney/imagine", json={"prompt": "wait"}, headers=headers
             )

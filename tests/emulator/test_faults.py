@@ -7,48 +7,29 @@ import json
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
 import anyio
 import pytest
-from aiohttp import web
 
 from mjasync.emulator import FAULT_KINDS, Emulator, FaultPlan, ManualClock
 from mjasync.emulator.__main__ import _parse, _plan, main
 from mjasync.testing import EMULATOR_TOKEN
 
-NDJSON = "application/x-ndjson"
+from ..helpers import NDJSON, post_acedata, running, until, webhook_receiver
+
 #: What a client sees when the emulator resets the connection before any response.
 DISCONNECTS = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
 HAS_GOAPI = importlib.util.find_spec("mjasync.emulator._goapi") is not None
 
 
-@asynccontextmanager
-async def running(**options: Any) -> AsyncIterator[tuple[Emulator, aiohttp.ClientSession]]:
-    """Run an emulator on 127.0.0.1 with *options* and a plain aiohttp session."""
-    async with Emulator(host="127.0.0.1", port=0, **options) as emu, aiohttp.ClientSession() as session:
-        yield emu, session
-
-
-def headers(
-    fault: str | None = None, *, accept: str = "application/json", token: str = EMULATOR_TOKEN
-) -> dict[str, str]:
-    """AceData request headers, with an ``x-mjasync-fault`` when *fault* is given."""
-    result = {"authorization": f"Bearer {token}", "accept": accept}
-    if fault is not None:
-        result["x-mjasync-fault"] = fault
-    return result
-
-
 async def post(
     session: aiohttp.ClientSession, emu: Emulator, path: str, body: Any, fault: str | None = None, **kw: Any
 ) -> tuple[int, dict[str, str], bytes]:
-    """POST JSON to an API path; return status, headers and the raw body."""
-    async with session.post(f"{emu.url}{path}", json=body, headers=headers(fault, **kw)) as resp:
+    """POST JSON to an API path, with an ``x-mjasync-fault`` when *fault* is given; return status, headers and the raw body."""
+    async with post_acedata(session, emu, path, body, fault=fault, **kw) as resp:
         return resp.status, dict(resp.headers), await resp.read()
 
 
@@ -58,8 +39,8 @@ async def stream_lines(
     """POST an ndjson imagine; return the complete lines read and the error that ended the stream, if any."""
     lines: list[bytes] = []
     try:
-        async with session.post(
-            f"{emu.url}/midjourney/imagine", json=body, headers=headers(fault, accept=NDJSON)
+        async with post_acedata(
+            session, emu, "/midjourney/imagine", body, fault=fault, accept=NDJSON
         ) as resp:
             if resp.status != 200:
                 return [await resp.read()], None  # a fault answered instead of the stream
@@ -88,10 +69,8 @@ async def counters(session: aiohttp.ClientSession, emu: Emulator) -> dict[str, A
 
 async def eventually(condition: Any, what: str) -> None:
     """Wait (at most 5 s) until *condition()* is true."""
-    with anyio.fail_after(5):
-        # The emulator has no event for these states, so poll, briefly and within a deadline.
-        while not condition():  # noqa: ASYNC110
-            await anyio.sleep(0.005)
+    # The emulator has no event for these states, so poll, briefly and within a deadline.
+    await until(condition)
     assert condition(), what
 
 
@@ -208,27 +187,6 @@ async def test_reset_before_is_a_disconnect_and_creates_nothing() -> None:
 # --- phase=after --------------------------------------------------------------------------------
 
 
-@asynccontextmanager
-async def webhook() -> AsyncIterator[tuple[str, anyio.abc.ObjectReceiveStream[dict[str, Any]]]]:
-    """A callback receiver on 127.0.0.1 forwarding each POSTed JSON body."""
-    send, receive = anyio.create_memory_object_stream[dict[str, Any]](10)
-
-    async def hook(request: web.Request) -> web.Response:
-        send.send_nowait(await request.json())
-        return web.Response(text="ok")
-
-    app = web.Application()
-    app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        with send, receive:
-            yield f"http://127.0.0.1:{runner.addresses[0][1]}/hook", receive
-    finally:
-        await runner.cleanup()
-
-
 @pytest.mark.parametrize("fault", ["500; phase=after", "504; phase=after", "reset; phase=after"])
 @pytest.mark.parametrize("mode", ["sync", "async", "stream"])
 async def test_phase_after_creates_exactly_one_task_that_runs_on(mode: str, fault: str) -> None:
@@ -265,13 +223,13 @@ async def test_phase_after_creates_exactly_one_task_that_runs_on(mode: str, faul
 
 async def test_phase_after_still_delivers_the_callback() -> None:
     """phase=after on a callback submit: the client gets 502, the provider still calls back with the result."""
-    async with webhook() as (url, received), running() as (emu, session):
+    async with webhook_receiver() as (url, received), running() as (emu, session):
         status, _, _ = await post(
             session, emu, "/midjourney/imagine", {"prompt": "hooked", "callback_url": url}, "502; phase=after"
         )
         assert status == 502
         with anyio.fail_after(5):
-            final = await received.receive()
+            final = (await received.receive()).body
         assert final["task_id"] == emu.fault_log[0].task_id
         assert final["progress"] == 100
         assert emu.tasks_per_prompt == {"hooked": 1}
@@ -348,10 +306,8 @@ async def test_slow_first_byte_comes_after_the_task_exists(accept: str) -> None:
         body = {"prompt": "slow"} if accept == NDJSON else {"prompt": "slow", "async": True}
 
         async def submit() -> None:
-            async with session.post(
-                f"{emu.url}/midjourney/imagine",
-                json=body,
-                headers=headers("slow-first-byte=0.5", accept=accept),
+            async with post_acedata(
+                session, emu, "/midjourney/imagine", body, fault="slow-first-byte=0.5", accept=accept
             ) as resp:
                 answered.set()
                 assert resp.status == 200
@@ -598,8 +554,8 @@ async def test_concurrency_limit_answers_429_past_n_open_submits_per_token() -> 
 
         async def hold_stream(prompt: str) -> None:
             nonlocal opened
-            async with session.post(
-                f"{emu.url}/midjourney/imagine", json={"prompt": prompt}, headers=headers(accept=NDJSON)
+            async with post_acedata(
+                session, emu, "/midjourney/imagine", {"prompt": prompt}, accept=NDJSON
             ) as resp:
                 opened += 1
                 results.append(len([line async for line in resp.content]))

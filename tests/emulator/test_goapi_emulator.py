@@ -2,24 +2,30 @@
 
 from __future__ import annotations
 
-import base64
 import functools
-import io
 import itertools
-import socket
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import aiohttp
 import anyio
-from aiohttp import web
 from anyio.abc import ObjectReceiveStream
-from PIL import Image
 
 from mjasync.emulator import Emulator, ImageSizes, ManualClock
 from mjasync.testing import EMULATOR_TOKEN
+
+from .. import helpers
+from ..helpers import (
+    Delivery,
+    acedata_headers,
+    fetch_png,
+    free_port,
+    mask_b64,
+    post_acedata,
+    until,
+    webhook_receiver,
+)
 
 GRID_ACTIONS = [
     "reroll", "upscale1", "upscale2", "upscale3", "upscale4",
@@ -42,12 +48,10 @@ SMALL = ImageSizes(grid=128, upscale=96, max_side=512)
 Hook = tuple[str | None, dict[str, Any]]
 
 
-@asynccontextmanager
-async def running(**options: Any) -> AsyncIterator[tuple[Emulator, aiohttp.ClientSession]]:
+def running(**options: Any) -> AbstractAsyncContextManager[tuple[Emulator, aiohttp.ClientSession]]:
     """Run an emulator on 127.0.0.1 (small images unless told otherwise) and a plain aiohttp session."""
     options.setdefault("image_sizes", SMALL)
-    async with Emulator(host="127.0.0.1", port=0, **options) as emu, aiohttp.ClientSession() as session:
-        yield emu, session
+    return helpers.running(**options)
 
 
 async def call(
@@ -91,11 +95,8 @@ async def finished(session: aiohttp.ClientSession, emu: Emulator, path: str, bod
 
 async def png_size(session: aiohttp.ClientSession, url: str) -> tuple[int, int]:
     """GET a PNG from the emulator's CDN (no key) and return its pixel size."""
-    async with session.get(url) as resp:
-        assert resp.status == 200
-        assert resp.content_type == "image/png"
-        with Image.open(io.BytesIO(await resp.read())) as img:
-            return img.size
+    with await fetch_png(session, url) as img:
+        return img.size
 
 
 def assert_error(status: int, body: Any, expected: int, fragment: str = "") -> None:
@@ -107,51 +108,11 @@ def assert_error(status: int, body: Any, expected: int, fragment: str = "") -> N
     assert fragment in body["message"], body["message"]
 
 
-def mask_b64(box: tuple[int, int, int, int] | None = (16, 16, 40, 40)) -> str:
-    """Base64 of a black 64x64 PNG with a white rectangle (the area to repaint)."""
-    img = Image.new("L", (64, 64), 0)
-    if box is not None:
-        img.paste(255, box)
-    out = io.BytesIO()
-    img.save(out, "PNG")
-    return base64.b64encode(out.getvalue()).decode()
-
-
-@asynccontextmanager
-async def webhook_receiver(
-    answers: Sequence[int] = (),
-) -> AsyncIterator[tuple[str, ObjectReceiveStream[Hook]]]:
-    """Serve a webhook on 127.0.0.1 that forwards (secret header, JSON body) and answers *answers*, then 200."""
-    send, receive = anyio.create_memory_object_stream[Hook](100)
-    pending = list(answers)
-
-    async def hook(request: web.Request) -> web.Response:
-        send.send_nowait((request.headers.get("x-webhook-secret"), await request.json()))
-        return web.Response(status=pending.pop(0) if pending else 200, text="ok")
-
-    app = web.Application()
-    app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        with send, receive:
-            yield f"http://127.0.0.1:{runner.addresses[0][1]}/hook", receive
-    finally:
-        await runner.cleanup()
-
-
-async def received(stream: ObjectReceiveStream[Hook]) -> Hook:
-    """The next webhook POST (fails after 5 s)."""
+async def received(stream: ObjectReceiveStream[Delivery]) -> Hook:
+    """The next webhook POST as (x-webhook-secret header, JSON body) (fails after 5 s)."""
     with anyio.fail_after(5):
-        return await stream.receive()
-
-
-async def until(condition: Callable[[], bool]) -> None:
-    """Wait for *condition* on the emulator's records: they are written after the reply, with no event."""
-    with anyio.fail_after(5):
-        while not condition():  # noqa: ASYNC110
-            await anyio.sleep(0.005)
+        delivery = await stream.receive()
+    return delivery.headers.get("x-webhook-secret"), delivery.body
 
 
 # --- the seed-003 flow ------------------------------------------------------------------------------
@@ -337,7 +298,7 @@ async def test_missing_or_wrong_key_is_401_and_fetch_needs_none() -> None:
         for key in (None, "wrong-key", ""):
             status, body = await call(session, emu, "imagine", {"prompt": "a cat"}, key=key)
             assert_error(status, body, 401, "The API key is incorrect")
-        bearer = {"Authorization": f"Bearer {EMULATOR_TOKEN}"}
+        bearer = acedata_headers(accept=None)
         async with session.post(f"{emu.url}/mj/v2/imagine", json={"prompt": "a"}, headers=bearer) as resp:
             assert resp.status == 401
         assert emu.counters["tasks"] == 0
@@ -546,13 +507,6 @@ async def test_webhook_gives_up_after_three_attempts() -> None:
         assert emu.counters["callback_errors"] == 3
 
 
-def free_port() -> int:
-    """A port on 127.0.0.1 that was just free, so connecting to it is refused."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def has_callbacks(emu: Emulator, count: int) -> bool:
     """Whether the emulator has recorded *count* callback POSTs."""
     return len(emu.callbacks) == count
@@ -565,9 +519,8 @@ async def test_acedata_and_goapi_coexist_without_double_billing(mj_emulator: Emu
     """One emulator serves both APIs; each bills once, keeps its own task ids and refuses the other's key."""
     emu = mj_emulator
     async with aiohttp.ClientSession() as session:
-        bearer = {"Authorization": f"Bearer {EMULATOR_TOKEN}"}
-        async with session.post(
-            f"{emu.url}/midjourney/imagine", json={"prompt": "a fox", "async": True}, headers=bearer
+        async with post_acedata(
+            session, emu, "/midjourney/imagine", {"prompt": "a fox", "async": True}, accept=None
         ) as resp:
             assert resp.status == 200
             ace_id = (await resp.json())["task_id"]
@@ -579,7 +532,7 @@ async def test_acedata_and_goapi_coexist_without_double_billing(mj_emulator: Emu
 
         assert_error(*await call(session, emu, "fetch", {"task_id": ace_id}), 400, "not found")
         retrieve = {"action": "retrieve", "id": go_id}
-        async with session.post(f"{emu.url}/midjourney/tasks", json=retrieve, headers=bearer) as resp:
+        async with post_acedata(session, emu, "/midjourney/tasks", retrieve, accept=None) as resp:
             assert resp.status == 400
             assert (await resp.json())["success"] is False
         async with session.post(

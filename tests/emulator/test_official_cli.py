@@ -28,7 +28,9 @@ import pytest
 from mjasync.emulator import Emulator
 from mjasync.testing import EMULATOR_TOKEN
 
-from .test_response_shapes import GRID_ACTIONS, UPSCALED_ACTIONS, assert_same_shape, load_fixture
+from ..helpers import ACEDATA_GRID_ACTIONS as GRID_ACTIONS
+from ..helpers import ACEDATA_UPSCALED_ACTIONS as UPSCALED_ACTIONS
+from .test_response_shapes import assert_same_shape, load_fixture
 from .test_seed_samples import subprocess_env
 
 #: The console script `pip install midjourney-pro-cli` puts beside this interpreter.

@@ -20,35 +20,33 @@ Documented differences (each one is asserted to still occur, so this list cannot
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import anyio
 import pytest
-from aiohttp import web
 from anyio.streams.memory import MemoryObjectReceiveStream
-from PIL import Image
 
 from mjasync.emulator import Emulator, ManualClock
-from mjasync.testing import EMULATOR_TOKEN
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
-NDJSON = "application/x-ndjson"
-GRID_ACTIONS = [
-    "upscale1", "upscale2", "upscale3", "upscale4", "reroll",
-    "variation1", "variation2", "variation3", "variation4",
-]  # fmt: skip
-UPSCALED_ACTIONS = [
-    "upscale_2x", "upscale_4x", "variation_subtle", "variation_strong", "zoom_out_2x", "zoom_out_1_5x",
-    "pan_left", "pan_right", "pan_up", "pan_down",
-]  # fmt: skip
+from ..helpers import ACEDATA_GRID_ACTIONS as GRID_ACTIONS
+from ..helpers import ACEDATA_UPSCALED_ACTIONS as UPSCALED_ACTIONS
+from ..helpers import (
+    FIXTURES,
+    NDJSON,
+    Delivery,
+    acedata_json,
+    fetch_png,
+    jpeg_mask_b64,
+    post_acedata,
+    running,
+    until,
+    webhook_receiver,
+)
 
 JSON = dict[str, Any]
 
@@ -143,13 +141,13 @@ class Session:
     emu: Emulator
     http: aiohttp.ClientSession
     hook: str
-    received: MemoryObjectReceiveStream[JSON]
+    received: MemoryObjectReceiveStream[Delivery]
 
     async def post(self, path: str, body: Any, *, accept: str = "application/json") -> tuple[int, Any]:
         """POST *body* to ``/midjourney/<path>`` with the emulator's token; return (status, JSON)."""
-        headers = {"accept": accept, "authorization": f"Bearer {EMULATOR_TOKEN}"}
-        async with self.http.post(f"{self.emu.url}/midjourney/{path}", json=body, headers=headers) as resp:
-            return resp.status, await resp.json(content_type=None)
+        return await acedata_json(
+            self.http, self.emu, f"/midjourney/{path}", body, accept=accept, content_type=None
+        )
 
     async def ok(self, path: str, body: Any) -> JSON:
         """POST and require a 200 with a JSON object."""
@@ -160,8 +158,7 @@ class Session:
 
     async def stream(self, path: str, body: Any) -> list[JSON]:
         """POST with ``accept: application/x-ndjson`` and return the parsed lines."""
-        headers = {"accept": NDJSON, "authorization": f"Bearer {EMULATOR_TOKEN}"}
-        async with self.http.post(f"{self.emu.url}/midjourney/{path}", json=body, headers=headers) as resp:
+        async with post_acedata(self.http, self.emu, f"/midjourney/{path}", body, accept=NDJSON) as resp:
             assert resp.status == 200
             assert resp.content_type == NDJSON
             return [json.loads(line) async for line in resp.content if line.strip()]
@@ -169,7 +166,8 @@ class Session:
     async def callback(self) -> JSON:
         """The next body POSTed to the webhook (bounded wait)."""
         with anyio.fail_after(10):
-            return await self.received.receive()
+            body: JSON = (await self.received.receive()).body
+        return body
 
     async def upscaled(self, prompt: str = "A cat sitting on a table") -> JSON:
         """imagine then upscale1: the result whose image_id `variation_region` accepts."""
@@ -178,44 +176,10 @@ class Session:
 
 
 @asynccontextmanager
-async def callback_receiver() -> AsyncIterator[tuple[str, MemoryObjectReceiveStream[JSON]]]:
-    """Serve a webhook on 127.0.0.1 that forwards each POSTed JSON body to a receive stream."""
-    send, receive = anyio.create_memory_object_stream[JSON](100)
-
-    async def hook(request: web.Request) -> web.Response:
-        send.send_nowait(await request.json())
-        return web.Response(text="ok")
-
-    app = web.Application()
-    app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        with send, receive:
-            yield f"http://127.0.0.1:{runner.addresses[0][1]}/hook", receive
-    finally:
-        await runner.cleanup()
-
-
-@asynccontextmanager
 async def session(**options: Any) -> AsyncIterator[Session]:
     """An emulator on 127.0.0.1 (port 0, *options*), an aiohttp session and a webhook receiver."""
-    async with (
-        callback_receiver() as (hook, received),
-        Emulator(host="127.0.0.1", port=0, **options) as emu,
-        aiohttp.ClientSession() as http,
-    ):
+    async with webhook_receiver() as (hook, received), running(**options) as (emu, http):
         yield Session(emu, http, hook, received)
-
-
-def jpeg_mask_b64(width: int = 256, height: int = 256) -> str:
-    """Base64 of a grayscale JPEG, black with a white centre to repaint (what the guide's cv2 code makes)."""
-    img = Image.new("L", (width, height), 0)
-    img.paste(255, (width // 4, height // 4, width * 3 // 4, height * 3 // 4))
-    out = io.BytesIO()
-    img.save(out, "JPEG")
-    return base64.b64encode(out.getvalue()).decode()
 
 
 # --- one request per recorded example ------------------------------------------------------------
@@ -503,9 +467,7 @@ async def batch_of_finished_and_pending(clock: ManualClock, s: Session) -> JSON:
                 await anyio.sleep(0.01)
         first = replies[0]["task_id"]
         group.start_soon(submit, pending_request)
-        with anyio.fail_after(10):
-            while s.emu.counters["tasks"] < 2:  # noqa: ASYNC110 - nothing to wait on but the table
-                await anyio.sleep(0.01)
+        await until(lambda: s.emu.counters["tasks"] >= 2, seconds=10)  # nothing to wait on but the table
         listing = await s.ok("tasks", {"action": "retrieve_batch", "limit": 1})
         second = listing["items"][0]["id"]
         batch = await s.ok("tasks", {"action": "retrieve_batch", "ids": [first, second]})
@@ -537,13 +499,8 @@ async def test_batch_has_the_documented_types() -> None:
 
 async def png_size(http: aiohttp.ClientSession, url: str) -> tuple[int, int]:
     """GET a PNG (no auth, as from a CDN), check it really is one and return its pixel size."""
-    async with http.get(url) as resp:
-        assert resp.status == 200, url
-        assert resp.content_type == "image/png"
-        data = await resp.read()
-    with Image.open(io.BytesIO(data)) as img:
+    with await fetch_png(http, url) as img:
         assert img.format == "PNG"
-        img.load()
         return img.size
 
 

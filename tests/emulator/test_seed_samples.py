@@ -11,30 +11,23 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import anyio
 import pytest
-from aiohttp import web
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from mjasync.emulator import Emulator
 from mjasync.testing import EMULATOR_TOKEN
 
-from .test_response_shapes import (
-    GRID_ACTIONS,
-    assert_same_shape,
-    jpeg_mask_b64,
-    load_fixture,
-    load_stream_fixture,
-)
+from ..helpers import ACEDATA_GRID_ACTIONS as GRID_ACTIONS
+from ..helpers import FIXTURES, Delivery, acedata_json, jpeg_mask_b64, running, webhook_receiver
+from .test_response_shapes import assert_same_shape, load_fixture, load_stream_fixture
 
-SAMPLES = Path(__file__).resolve().parents[1] / "fixtures" / "seed_samples"
+SAMPLES = FIXTURES / "seed_samples"
 SEED_BASE_URL = "https://api.acedata.cloud"
 SEED_IMAGE_ID = '"image_id": "1265875488702726144"'
 SEED_MASK_LINE = '    "mask": "/9j/'
@@ -83,44 +76,16 @@ async def run_sample(code: str, folder: Path) -> str:
     return stdout
 
 
-@dataclass(frozen=True)
-class Delivery:
-    """One webhook POST as received."""
-
-    method: str
-    content_type: str
-    body: JSON
-
-
-@asynccontextmanager
-async def webhook() -> AsyncIterator[tuple[str, MemoryObjectReceiveStream[Delivery]]]:
+def webhook() -> AbstractAsyncContextManager[tuple[str, MemoryObjectReceiveStream[Delivery]]]:
     """A webhook on 127.0.0.1 (standing in for webhook.site) forwarding every request it receives."""
-    send, receive = anyio.create_memory_object_stream[Delivery](100)
-
-    async def hook(request: web.Request) -> web.Response:
-        send.send_nowait(Delivery(request.method, request.content_type, await request.json()))
-        return web.Response(text="ok")
-
-    app = web.Application()
-    app.router.add_route("*", "/995d0a91-d737-40a7-a3b9-5baf68ed924c", hook)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        port = runner.addresses[0][1]
-        with send, receive:
-            yield f"http://127.0.0.1:{port}/995d0a91-d737-40a7-a3b9-5baf68ed924c", receive
-    finally:
-        await runner.cleanup()
+    return webhook_receiver(path="/995d0a91-d737-40a7-a3b9-5baf68ed924c", method="*")
 
 
 async def post(http: aiohttp.ClientSession, emu: Emulator, path: str, body: JSON) -> JSON:
     """POST a JSON body to the emulator (plain aiohttp) and require a 200 JSON object."""
-    headers = {"accept": "application/json", "authorization": f"Bearer {EMULATOR_TOKEN}"}
-    async with http.post(f"{emu.url}/midjourney/{path}", json=body, headers=headers) as resp:
-        reply = await resp.json()
-        assert resp.status == 200, reply
-        return dict(reply)
+    status, reply = await acedata_json(http, emu, f"/midjourney/{path}", body)
+    assert status == 200, reply
+    return dict(reply)
 
 
 def check_progress_lines(lines: list[JSON]) -> None:
@@ -190,7 +155,7 @@ def repaired_variation_region(text: str, emu: Emulator, image_id: str, mask: str
 
 async def test_variation_region_sample_prints_the_documented_result(tmp_path: Path) -> None:
     """The variation_region sample (repaired as documented) prints a result shaped like the guide's."""
-    async with Emulator(host="127.0.0.1", port=0) as emu, aiohttp.ClientSession() as http:
+    async with running() as (emu, http):
         grid = await post(http, emu, "imagine", {"prompt": "A cat sitting on a table"})
         upscaled = await post(http, emu, "imagine", {"action": "upscale1", "image_id": grid["image_id"]})
         mask = jpeg_mask_b64(upscaled["raw_image_width"], upscaled["raw_image_height"])
@@ -220,11 +185,7 @@ async def test_variation_region_sample_prints_the_documented_result(tmp_path: Pa
 
 async def test_callback_posts_the_documented_success_body() -> None:
     """The webhook step: callback_url + prompt answers {task_id} at once, then one JSON POST like the guide's."""
-    async with (
-        webhook() as (url, deliveries),
-        Emulator(host="127.0.0.1", port=0) as emu,
-        aiohttp.ClientSession() as http,
-    ):
+    async with webhook() as (url, deliveries), running() as (emu, http):
         receipt = await post(
             http, emu, "imagine", {"prompt": "A cat sitting on a table", "callback_url": url}
         )
@@ -244,11 +205,7 @@ async def test_callback_posts_the_documented_success_body() -> None:
 
 async def test_callback_posts_the_documented_failure_body() -> None:
     """A prompt the worker rejects (`-c x`) reaches the webhook as the guide's failure body."""
-    async with (
-        webhook() as (url, deliveries),
-        Emulator(host="127.0.0.1", port=0) as emu,
-        aiohttp.ClientSession() as http,
-    ):
+    async with webhook() as (url, deliveries), running() as (emu, http):
         body = {"prompt": "A cat sitting on a table -c x", "callback_url": url}
         receipt = await post(http, emu, "imagine", body)
         with anyio.fail_after(10):

@@ -13,6 +13,7 @@ from mjasync.emulator import Emulator
 from mjasync.testing import EMULATOR_TOKEN
 
 from ..conftest import FAST_POLL, open_connections
+from ..helpers import free_port, serving
 
 URL = "https://cdn.example.com/a.png"
 
@@ -258,11 +259,7 @@ async def test_debug_log_shows_method_path_status_and_never_the_key(
 
 async def test_connection_refused_is_a_connection_error_that_never_reached_the_server() -> None:
     """A closed port raises APIConnectionError with may_have_reached_server False."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     async with mjasync.Client(api_key="k", base_url=f"http://127.0.0.1:{port}") as client:
         with pytest.raises(mjasync.APIConnectionError) as caught:
             await client.imagine("a cat")
@@ -278,19 +275,12 @@ async def test_redirects_are_not_followed(mj_emulator: Any) -> None:
 
     app = web.Application()
     app.router.add_post("/midjourney/translate", moved)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
+    async with serving(app) as port:
         async with mjasync.Client(api_key=EMULATOR_TOKEN, base_url=f"http://127.0.0.1:{port}") as client:
             with pytest.raises(mjasync.APIStatusError, match="redirect") as caught:
                 await client.translate("猫")
         assert caught.value.status == 307
         assert not [r for r in mj_emulator.requests if r.path == "/midjourney/translate"]
-    finally:
-        await runner.cleanup()
 
 
 def test_client_is_built_outside_a_loop_and_leaves_no_tasks() -> None:

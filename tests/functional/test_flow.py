@@ -10,21 +10,10 @@ from PIL import Image
 
 import mjasync
 
-GRID_ACTIONS = ["upscale1", "upscale2", "upscale3", "upscale4", "reroll"] + [
-    f"variation{i}" for i in range(1, 5)
-]
-UPSCALED_ACTIONS = [
-    "upscale_2x",
-    "upscale_4x",
-    "variation_subtle",
-    "variation_strong",
-    "zoom_out_2x",
-    "zoom_out_1_5x",
-    "pan_left",
-    "pan_right",
-    "pan_up",
-    "pan_down",
-]
+from ..helpers import ACEDATA_GRID_ACTIONS as GRID_ACTIONS
+from ..helpers import ACEDATA_UPSCALED_ACTIONS as UPSCALED_ACTIONS
+from ..helpers import encoded, mask_image
+
 SEED_PROMPT = "Lamborghini speeds inside a volcano"
 
 
@@ -98,14 +87,13 @@ async def test_region_variation_with_mask_from_bytes_path_and_pil(
     """variation_region sends the mask as base64, from bytes, a path or a PIL image."""
     upscaled = await mj.upscale(await mj.imagine("a cat"), 1)
     assert upscaled.image_width and upscaled.image_height
-    mask = Image.new("L", (upscaled.image_width, upscaled.image_height), 0)
-    mask.paste(255, (0, 0, upscaled.image_width // 2, upscaled.image_height // 2))
-    buffer = io.BytesIO()
-    mask.save(buffer, "PNG")
+    size = (upscaled.image_width, upscaled.image_height)
+    mask = mask_image(size, (0, 0, upscaled.image_width // 2, upscaled.image_height // 2))
+    png = encoded(mask)
     path = tmp_path / "mask.png"
-    path.write_bytes(buffer.getvalue())
+    path.write_bytes(png)
 
-    for given in (buffer.getvalue(), path, str(path), mask):
+    for given in (png, path, str(path), mask):
         repainted = await mj.variation_region(upscaled, given, prompt="A cute cat")
         assert repainted.is_final and repainted.actions == GRID_ACTIONS
     bodies = [b for b in submitted(mj_emulator, "/midjourney/imagine") if b["action"] == "variation_region"]

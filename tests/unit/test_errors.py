@@ -43,6 +43,18 @@ FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "acedata"
 PROVIDER = AceDataProvider()
 TOKEN = "sk-secret-123"
 TRACE = "2cf86e86-22a4-46e1-ac2f-032c0f2a4e89"
+#: Every subclass of APIStatusError, the typed errors for an HTTP status.
+STATUS_ERRORS: list[type[APIStatusError]] = [
+    BadRequestError,
+    AuthenticationError,
+    PermissionDeniedError,
+    ModerationError,
+    QuotaExceededError,
+    NotFoundError,
+    RateLimitError,
+    ServerError,
+    GatewayTimeoutError,
+]
 
 
 def headers(**values: str) -> CIMultiDictProxy[str]:
@@ -109,20 +121,7 @@ def test_documented_shape_maps_to_its_class(status: int, code: str | None, cls: 
     assert error.trace_id == TRACE
 
 
-@pytest.mark.parametrize(
-    "cls",
-    [
-        BadRequestError,
-        AuthenticationError,
-        PermissionDeniedError,
-        ModerationError,
-        QuotaExceededError,
-        NotFoundError,
-        RateLimitError,
-        ServerError,
-        GatewayTimeoutError,
-    ],
-)
+@pytest.mark.parametrize("cls", STATUS_ERRORS)
 def test_status_errors_share_the_hierarchy(cls: type[APIStatusError]) -> None:
     """Every status error is an APIStatusError, an APIError and an MJError."""
     assert issubclass(cls, APIStatusError)
@@ -362,15 +361,7 @@ def _error_classes() -> list[APIError]:
         for cls in (
             APIError,
             APIStatusError,
-            BadRequestError,
-            AuthenticationError,
-            PermissionDeniedError,
-            ModerationError,
-            QuotaExceededError,
-            NotFoundError,
-            RateLimitError,
-            ServerError,
-            GatewayTimeoutError,
+            *STATUS_ERRORS,
             ResponseDecodeError,
             StreamError,
             StreamInterruptedError,
