@@ -9,6 +9,7 @@ no task. A lookup that finds the task resumes it instead; one that cannot tell r
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -63,7 +64,9 @@ class Resumed:
 class KnownTasks:
     """Task ids this client already holds, so reconciling never adopts another job's task."""
 
-    def __init__(self, size: int = 100_000) -> None:
+    # Only ids recent enough to show up in a reconciling lookup matter, so a modest bound suffices
+    # and a fan-out of millions of jobs keeps flat memory.
+    def __init__(self, size: int = 10_000) -> None:
         self._order: deque[str] = deque()
         self._ids: set[str] = set()
         self._size = size
@@ -204,18 +207,33 @@ async def find_submitted(core: Core, request: JobRequest, since: float) -> str |
     return found
 
 
+#: At most this many recent tasks are read when looking a submit up (a busy account makes many).
+MAX_RECONCILE_SCAN = 5_000
+
+
 async def _task_by_listing(core: Core, request: JobRequest, sent_at: float) -> str | None:
-    query = core.provider.recent_tasks_request(request, since=sent_at)
-    if query is None:
-        raise AmbiguousSubmitError("this provider cannot list recent tasks to look the submit up")
-    path, body = query
-    response = await call_with_retries(core, lambda: core.transport.post(path, body))
-    batch = core.provider.decode_task_batch(response.body)
-    matches = [
-        record.id
-        for record in batch.items
-        if record.id and record.id not in core.known_tasks and core.provider.same_request(record, request)
-    ]
+    matches: list[str] = []
+    offset = 0
+    while offset < MAX_RECONCILE_SCAN:
+        query = core.provider.recent_tasks_request(request, since=sent_at, offset=offset)
+        if query is None:
+            raise AmbiguousSubmitError("this provider cannot list recent tasks to look the submit up")
+        path, body, page = query
+        response = await call_with_retries(core, functools.partial(core.transport.post, path, body))
+        batch = core.provider.decode_task_batch(response.body)
+        matches += [
+            record.id
+            for record in batch.items
+            if record.id and record.id not in core.known_tasks and core.provider.same_request(record, request)
+        ]
+        offset += page
+        if len(batch.items) < page or (batch.count is not None and offset >= batch.count):
+            break
+    else:
+        if not matches:
+            raise AmbiguousSubmitError(
+                f"more than {MAX_RECONCILE_SCAN} recent tasks; the submit's was not among them"
+            )
     # Several identical, unclaimed submits in the window: adopting one could steal another job's task.
     if len(matches) > 1:
         raise AmbiguousSubmitError(

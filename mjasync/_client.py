@@ -606,7 +606,7 @@ class Client:
         path, body = self._provider.task_batch_request(
             list(task_ids) or None, trace_ids=list(trace_ids) or None
         )
-        response = await self._core.transport.post(path, body)
+        response = await self._post_idempotent(path, body)
         return self._provider.decode_task_batch(response.body)
 
     async def _fetch_records(self, task_ids: list[str]) -> dict[str, bytes]:

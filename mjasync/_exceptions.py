@@ -174,6 +174,12 @@ class APIStatusError(APIError):
     """The provider answered with an error status."""
 
     status: int
+    #: Seconds the server asked us to wait (Retry-After), when it said so (429, 503, ...).
+    retry_after: float | None
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
 
 
 class BadRequestError(APIStatusError):
@@ -201,14 +207,7 @@ class NotFoundError(APIStatusError):
 
 
 class RateLimitError(APIStatusError):
-    """429: too many requests."""
-
-    #: Seconds the server asked us to wait (Retry-After), when it said so.
-    retry_after: float | None
-
-    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any) -> None:
-        super().__init__(message, **kwargs)
-        self.retry_after = retry_after
+    """429: too many requests (`retry_after` says for how long, when the server said so)."""
 
 
 class ServerError(APIStatusError):

@@ -132,6 +132,7 @@ _TASK_TYPE_BY_REQUEST: Final[dict[type[Any], str]] = {
 _DELIVERY_FIELDS: Final = frozenset({"async", "timeout", "callback_url"})
 #: How far back (seconds) a reconciling lookup searches before the submit, for clock skew.
 _RECONCILE_SKEW = 120.0
+_RECENT_PAGE = 100
 
 
 _encoder = msgspec.json.Encoder()
@@ -213,16 +214,21 @@ class AceDataProvider:
         )
         return TASKS_PATH, _encoder.encode(query)
 
-    def recent_tasks_request(self, request: JobRequest, *, since: float) -> tuple[str, bytes] | None:
-        """Path and body that list this account's recent tasks like `request` (for reconciling a submit)."""
+    def recent_tasks_request(
+        self, request: JobRequest, *, since: float, offset: int = 0
+    ) -> tuple[str, bytes, int] | None:
+        """Path, body and page size of one page of this account's recent tasks like `request`.
+
+        For reconciling a submit; newest first, so later pages reach back towards `since`.
+        """
         query = _TaskQuery(
             action="retrieve_batch",
             type=_TASK_TYPE_BY_REQUEST[type(request)],
             created_at_min=since - _RECONCILE_SKEW,
-            offset=0,
-            limit=100,
+            offset=offset,
+            limit=_RECENT_PAGE,
         )
-        return TASKS_PATH, _encoder.encode(query)
+        return TASKS_PATH, _encoder.encode(query), _RECENT_PAGE
 
     def same_request(self, record: TaskRecord[Any], request: JobRequest) -> bool:
         """Whether the task was made by a submit of `request` (the record keeps the body it was sent)."""
@@ -338,17 +344,17 @@ class AceDataProvider:
             cls = ServerError if status >= 500 else APIStatusError
         if message is None:
             message = _describe_status(status, headers, body, code)
-        kwargs: dict[str, Any] = {
-            "status": status,
-            "code": code,
-            "trace_id": trace_id,
-            "body": body,
-            "request": request,
-        }
-        if issubclass(cls, RateLimitError):
-            # Uncapped: the retry layer decides whether a long wait is worth it, and the caller sees the truth.
-            return cls(message, retry_after=parse_retry_after(headers, cap=math.inf), **kwargs)
-        return cls(message, **kwargs)
+        # Uncapped: the retry layer decides whether a long wait is worth it, and the caller sees the truth.
+        retry_after = parse_retry_after(headers, cap=math.inf)
+        return cls(
+            message,
+            status=status,
+            code=code,
+            trace_id=trace_id,
+            body=body,
+            request=request,
+            retry_after=retry_after,
+        )
 
     def job_failed(self, result: Result, *, request: str | None = None) -> JobFailedError:
         """The error for a job the provider reports as failed."""
