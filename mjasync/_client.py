@@ -582,8 +582,13 @@ class Client:
     # -- tasks ------------------------------------------------------------------------------------------
 
     def task(self, task_id: str, kind: type[R] = ImagineResult) -> TaskHandle[R]:  # type: ignore[assignment]
-        """A handle for a job submitted earlier (e.g. by another process), to wait on it."""
-        return TaskHandle(self._core, kind, _required_text("task_id", task_id))
+        """A handle for a job submitted earlier (e.g. by another process), to wait on it.
+
+        The id counts as held by this client from now on, so looking up a lost submit never adopts it.
+        """
+        handle = TaskHandle(self._core, kind, _required_text("task_id", task_id))
+        self._core.known_tasks.add(handle.task_id)
+        return handle
 
     async def retrieve_task(
         self, task_id: str | None = None, *, trace_id: str | None = None

@@ -1,4 +1,4 @@
-"""Entry layer: the `mjasync` command (`demo`, `emulator`). Never imported by `import mjasync`."""
+"""Entry layer: the `mjasync` command (`demo`, `batch`, `emulator`). Never imported by `import mjasync`."""
 
 from __future__ import annotations
 
@@ -22,6 +22,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--speed", type=float, default=2.0, help="seconds each emulated job takes (default: %(default)s)"
     )
     demo.add_argument("--prompt", default="Lamborghini speeds inside a volcano", help="the prompt to imagine")
+    batch = commands.add_parser("batch", help="run a file of prompts, resumably (see `mjasync batch --help`)")
+    if args[:1] == ["batch"]:
+        # Only `batch` itself needs its heavier module to describe its arguments.
+        from ._batch import configure_parser
+
+        configure_parser(batch)
     commands.add_parser(
         "emulator", help="serve the emulator on 127.0.0.1 (see `mjasync emulator --help`)", add_help=False
     )
@@ -35,5 +41,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ._demo import run_demo
 
         return run_demo(out=options.out, speed=options.speed, prompt=options.prompt)
+    if options.command == "batch":
+        from ._batch import run_batch
+
+        return run_batch(options)
     parser.print_help()
     return 2

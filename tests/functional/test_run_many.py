@@ -145,3 +145,14 @@ async def test_find_task_picks_up_a_submit_whose_answer_was_never_written_down(m
     handle = await other_client_job.imagine("a crane at dawn").submit()
     assert await mj.find_task(mj.imagine("a crane at dawn"), since=since) == handle.task_id
     assert await mj.find_task(mj.imagine("never sent"), since=since) is None
+
+
+async def test_a_rebuilt_handle_is_never_adopted_by_a_lookup(mj: mjasync.Client) -> None:
+    """After task(id), find_task skips that id: of two identical earlier submits, the other one is found."""
+    import time
+
+    since = time.time()
+    first = (await mj.with_options().imagine("same prompt").submit()).task_id
+    second = (await mj.with_options().imagine("same prompt").submit()).task_id
+    mj.task(first)
+    assert await mj.find_task(mj.imagine("same prompt"), since=since) == second
