@@ -64,6 +64,8 @@ class JobStream(Generic[R]):
         self._holds_slot = False
         self._finished = False
         self._retries = 0
+        #: When the current stream was sent (wall clock): a lookup after a break searches from here.
+        self._sent_at = 0.0
         #: The job's task id, once the first line has arrived.
         self.task_id: str | None = None
         #: The most recent update.
@@ -129,6 +131,7 @@ class JobStream(Generic[R]):
     async def _open(self) -> None:
         core = self._core
         timeout = core.transport.client_timeout(read=core.transport.timeouts.stream_read)
+        self._sent_at = time.time()
         answer, retries = await submit_with_retries(
             core,
             lambda: core.transport.open(self._path, self._body, headers=self._headers, timeout=timeout),
@@ -171,8 +174,9 @@ class JobStream(Generic[R]):
         if self.task_id is not None:
             self._resume(self.task_id)
             return
-        # Nothing arrived, so we do not know whether the submit made a task: look it up.
-        task_id = await reconcile_submit(self._core, self._request, error, time.time(), self._retries)
+        # Nothing arrived, so we do not know whether the submit made a task: look it up, from when the
+        # stream was sent (a queued job may have kept it silent for many minutes).
+        task_id = await reconcile_submit(self._core, self._request, error, self._sent_at, self._retries)
         if task_id is not None:
             self._resume(task_id)
             return
