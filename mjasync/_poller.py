@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import anyio
 import backoff
 
-from ._exceptions import JobFailedError
+from ._exceptions import JobFailedError, MJError
 from ._models.results import Result
 from ._models.task import TaskRecord
+from ._retry import phase_of
 
 if TYPE_CHECKING:
     from ._job import Core
@@ -129,7 +130,14 @@ class PollCursor(Generic[R]):
                 await self._core.sleep(self._delay)
             # A little jitter keeps many waiting jobs from polling in lockstep rounds forever.
             self._delay = next(self._intervals) * (1.0 - 0.1 * random.random())
-            body = await self._core.poller.poll(self._task_id)
+            try:
+                body = await self._core.poller.poll(self._task_id)
+            except MJError as error:
+                # A lookup that failed even after its retries is no news about the job; only a
+                # refusal (401, 403, ...) ends the wait. The deadline bounds the rest.
+                if phase_of(error) == "fatal":
+                    raise
+                continue
             if body is None:
                 continue
             record: TaskRecord[R] = self._core.provider.decode_task(body, self._kind)
