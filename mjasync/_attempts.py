@@ -212,7 +212,9 @@ MAX_RECONCILE_SCAN = 5_000
 
 
 async def _task_by_listing(core: Core, request: JobRequest, sent_at: float) -> str | None:
-    matches: list[str] = []
+    # A dict keeps the order and counts a task once: pages are read newest first by offset, so tasks
+    # made between two reads shift older ones to a later page, where they are seen again (never skipped).
+    matches: dict[str, None] = {}
     offset = 0
     while offset < MAX_RECONCILE_SCAN:
         query = core.provider.recent_tasks_request(request, since=sent_at, offset=offset)
@@ -221,11 +223,11 @@ async def _task_by_listing(core: Core, request: JobRequest, sent_at: float) -> s
         path, body, page = query
         response = await call_with_retries(core, functools.partial(core.transport.post, path, body))
         batch = core.provider.decode_task_batch(response.body)
-        matches += [
-            record.id
+        matches.update(
+            (record.id, None)
             for record in batch.items
             if record.id and record.id not in core.known_tasks and core.provider.same_request(record, request)
-        ]
+        )
         offset += page
         if len(batch.items) < page or (batch.count is not None and offset >= batch.count):
             break
@@ -239,7 +241,7 @@ async def _task_by_listing(core: Core, request: JobRequest, sent_at: float) -> s
         raise AmbiguousSubmitError(
             f"{len(matches)} recent tasks match this submit; cannot tell which is ours"
         )
-    return matches[0] if matches else None
+    return next(iter(matches), None)
 
 
 def _note_retries(error: MJError, attempt: int) -> None:
