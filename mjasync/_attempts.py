@@ -92,7 +92,7 @@ async def call_with_retries(core: Core, send: Callable[[], Awaitable[T]]) -> T:
         try:
             return await send()
         except MJError as error:
-            delay = _delay_before_retry(core, error, attempt, idempotent=True)
+            delay = _delay_before_retry(core, error, attempt)
             if delay is None:
                 _note_retries(error, attempt)
                 raise
@@ -119,9 +119,7 @@ async def submit_with_retries(
                 if task_id is not None:
                     return Resumed(task_id, attempt), attempt
                 # Proven (or, by policy, assumed) that no task was made: a retry cannot pay twice.
-                delay = _delay_before_retry(core, error, attempt, idempotent=True)
-            else:
-                delay = _delay_before_retry(core, error, attempt, idempotent=True)
+            delay = _delay_before_retry(core, error, attempt)
             if delay is None:
                 _note_retries(error, attempt)
                 raise
@@ -130,12 +128,13 @@ async def submit_with_retries(
             await core.sleep(delay)
 
 
-def _delay_before_retry(core: Core, error: MJError, attempt: int, *, idempotent: bool) -> float | None:
-    """Seconds to wait before the next try, or None to give up."""
-    phase = phase_of(error)
-    if phase == "fatal" or attempt >= core.retry.max_retries:
-        return None
-    if phase == "unknown" and not idempotent:
+def _delay_before_retry(core: Core, error: MJError, attempt: int) -> float | None:
+    """Seconds to wait before the next try, or None to give up.
+
+    Callers retry only what cannot pay twice: an idempotent call, or a submit proven not to have
+    made a task; a submit of unknown fate is looked up before it gets here.
+    """
+    if phase_of(error) == "fatal" or attempt >= core.retry.max_retries:
         return None
     delay = retry_delay(error, attempt, core.retry)
     if delay is None:

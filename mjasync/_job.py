@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -11,7 +10,7 @@ import anyio
 
 from ._attempts import KnownTasks, Resumed, call_with_retries, submit_with_retries, with_retries_taken
 from ._config import DEFAULT_SERVER_TIMEOUT, PollPolicy, RetryPolicy
-from ._exceptions import InvalidRequestError, ResponseDecodeError, WaitTimeoutError
+from ._exceptions import InvalidRequestError, ResponseDecodeError
 from ._limiter import JobLimiter
 from ._models.requests import JobRequest
 from ._models.results import Result
@@ -218,8 +217,10 @@ class TaskHandle(Generic[R]):
     def updates(self, *, deadline: float | NotGiven | None = NOT_GIVEN) -> TaskUpdates[R]:
         """Iterate the task's progress by polling: each newer update, then the final result."""
         limit = self._core.poll.deadline if isinstance(deadline, NotGiven) else deadline
-        cursor = PollCursor(self._core, self._kind, self.task_id, first_poll_delay=self._first_poll_delay)
-        return TaskUpdates(cursor, self.task_id, limit, self.retries_taken)
+        cursor = PollCursor(
+            self._core, self._kind, self.task_id, first_poll_delay=self._first_poll_delay, deadline=limit
+        )
+        return TaskUpdates(cursor, self.retries_taken)
 
     async def wait(self, *, deadline: float | NotGiven | None = NOT_GIVEN) -> R:
         """Poll until the job finishes and return its result; raise `JobFailedError` if it failed.
@@ -237,13 +238,8 @@ class TaskHandle(Generic[R]):
 class TaskUpdates(Generic[R]):
     """An async iterator over a task's polled updates, ending with its final result."""
 
-    def __init__(
-        self, cursor: PollCursor[R], task_id: str, deadline: float | None, retries_taken: int
-    ) -> None:
+    def __init__(self, cursor: PollCursor[R], retries_taken: int) -> None:
         self._cursor = cursor
-        self._task_id = task_id
-        self._deadline_at = None if deadline is None else time.monotonic() + deadline
-        self._deadline = deadline
         self._retries_taken = retries_taken
 
     def __aiter__(self) -> TaskUpdates[R]:
@@ -252,12 +248,5 @@ class TaskUpdates(Generic[R]):
     async def __anext__(self) -> R:
         if self._cursor.done:
             raise StopAsyncIteration
-        remaining = None if self._deadline_at is None else self._deadline_at - time.monotonic()
-        # The deadline scope covers one step, inside this call: nothing here spans a `yield`.
-        with anyio.move_on_after(remaining):
-            update = await self._cursor.next()
-            return with_retries_taken(update, self._retries_taken) if self._cursor.done else update
-        raise WaitTimeoutError(
-            f"task {self._task_id} did not finish within {self._deadline} s (it may still finish)",
-            task_id=self._task_id,
-        )
+        update = await self._cursor.next()
+        return with_retries_taken(update, self._retries_taken) if self._cursor.done else update

@@ -8,13 +8,14 @@ arrives while a fetch is in flight starts (or joins) the next round.
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import anyio
 import backoff
 
-from ._exceptions import JobFailedError, MJError
+from ._exceptions import JobFailedError, MJError, WaitTimeoutError
 from ._models.results import Result
 from ._models.task import TaskRecord
 from ._retry import phase_of
@@ -108,8 +109,11 @@ class PollCursor(Generic[R]):
         *,
         first_poll_delay: float = 0.0,
         seen_progress: float = -1.0,
+        deadline: float | None = None,
     ) -> None:
         self._core = core
+        self._deadline = deadline
+        self._deadline_at = None if deadline is None else time.monotonic() + deadline
         self._kind = kind
         self._task_id = task_id
         self._delay = first_poll_delay
@@ -122,9 +126,23 @@ class PollCursor(Generic[R]):
         self.done = False
 
     async def next(self) -> R:
-        """The task's next state worth reporting; raises `JobFailedError` if the provider failed it."""
+        """The task's next state worth reporting.
+
+        Raises `JobFailedError` if the provider failed the job, and `WaitTimeoutError` once the
+        deadline (seconds from the cursor's creation) has passed; the job may still finish then.
+        """
         if self.done:
             raise RuntimeError("the task already finished")
+        remaining = None if self._deadline_at is None else self._deadline_at - time.monotonic()
+        # The scope covers one step, inside this call: nothing here spans a `yield`.
+        with anyio.move_on_after(remaining):
+            return await self._next_state()
+        raise WaitTimeoutError(
+            f"task {self._task_id} did not finish within {self._deadline} s (it may still finish)",
+            task_id=self._task_id,
+        )
+
+    async def _next_state(self) -> R:
         while True:
             if self._delay > 0:
                 await self._core.sleep(self._delay)

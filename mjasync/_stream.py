@@ -7,8 +7,6 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Generic, TypeVar
 
-import anyio
-
 from ._attempts import Resumed, reconcile_submit, submit_with_retries, with_retries_taken
 from ._exceptions import (
     APIConnectionError,
@@ -16,7 +14,6 @@ from ._exceptions import (
     MalformedLineError,
     MJError,
     StreamInterruptedError,
-    WaitTimeoutError,
 )
 from ._models.requests import JobRequest
 from ._models.results import Result
@@ -60,7 +57,6 @@ class JobStream(Generic[R]):
         self._reader: LineReader | None = None
         self._release: Callable[[], None] | None = None
         self._cursor: PollCursor[R] | None = None
-        self._resume_deadline: float | None = None
         self._holds_slot = False
         self._finished = False
         self._retries = 0
@@ -189,22 +185,18 @@ class JobStream(Generic[R]):
         self.resumed = True
         seen = self.last.progress if self.last is not None and hasattr(self.last, "progress") else None
         self._cursor = PollCursor(
-            self._core, self._kind, task_id, seen_progress=-1.0 if seen is None else seen
+            self._core,
+            self._kind,
+            task_id,
+            seen_progress=-1.0 if seen is None else seen,
+            deadline=self._core.poll.deadline,
         )
-        deadline = self._core.poll.deadline
-        self._resume_deadline = None if deadline is None else time.monotonic() + deadline
 
     async def _next_polled(self) -> R:
         assert self._cursor is not None
         if self._cursor.done:
             raise StopAsyncIteration
-        remaining = None if self._resume_deadline is None else self._resume_deadline - time.monotonic()
-        with anyio.move_on_after(remaining):
-            return await self._cursor.next()
-        raise WaitTimeoutError(
-            f"task {self.task_id} did not finish within the poll deadline (it may still finish)",
-            task_id=self.task_id,
-        )
+        return await self._cursor.next()
 
     def _note(self, update: R) -> R:
         self.last = update
