@@ -92,13 +92,8 @@ async def call_with_retries(core: Core, send: Callable[[], Awaitable[T]]) -> T:
         try:
             return await send()
         except MJError as error:
-            delay = _delay_before_retry(core, error, attempt)
-            if delay is None:
-                _note_retries(error, attempt)
-                raise
+            await _back_off_or_raise(core, error, attempt)
         attempt += 1
-        if delay:
-            await core.sleep(delay)
 
 
 async def submit_with_retries(
@@ -119,13 +114,18 @@ async def submit_with_retries(
                 if task_id is not None:
                     return Resumed(task_id, attempt), attempt
                 # Proven (or, by policy, assumed) that no task was made: a retry cannot pay twice.
-            delay = _delay_before_retry(core, error, attempt)
-            if delay is None:
-                _note_retries(error, attempt)
-                raise
+            await _back_off_or_raise(core, error, attempt)
         attempt += 1
-        if delay:
-            await core.sleep(delay)
+
+
+async def _back_off_or_raise(core: Core, error: MJError, attempt: int) -> None:
+    """Wait before retry `attempt + 1`, or raise `error` (noting the retries taken) when the policy gives up."""
+    delay = _delay_before_retry(core, error, attempt)
+    if delay is None:
+        _note_retries(error, attempt)
+        raise error
+    if delay:
+        await core.sleep(delay)
 
 
 def _delay_before_retry(core: Core, error: MJError, attempt: int) -> float | None:
