@@ -55,12 +55,12 @@ async def running(**options: Any) -> AsyncIterator[tuple[Emulator, aiohttp.Clien
 
 
 @asynccontextmanager
-async def serving(app: web.Application) -> AsyncIterator[int]:
-    """Serve *app* on 127.0.0.1 at a free port (no access log) and yield the port."""
+async def serving(app: web.Application, *, host: str = "127.0.0.1") -> AsyncIterator[int]:
+    """Serve *app* on a loopback address (127.0.0.1 unless told) at a free port and yield the port."""
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        await web.TCPSite(runner, host, 0).start()
         yield runner.addresses[0][1]
     finally:
         await runner.cleanup()
