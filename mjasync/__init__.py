@@ -41,6 +41,7 @@ from ._exceptions import ResponseDecodeError as ResponseDecodeError
 from ._exceptions import ServerError as ServerError
 from ._exceptions import StreamError as StreamError
 from ._exceptions import StreamInterruptedError as StreamInterruptedError
+from ._exceptions import UnsupportedFeatureError as UnsupportedFeatureError
 from ._exceptions import WaitTimeoutError as WaitTimeoutError
 from ._job import Job as Job
 from ._job import TaskHandle as TaskHandle
@@ -62,12 +63,15 @@ from ._models.task import TaskRecord as TaskRecord
 from ._models.task import TaskState as TaskState
 from ._stream import JobStream as JobStream
 from ._types import NOT_GIVEN as NOT_GIVEN
+from ._types import BlendDimension as BlendDimension
 from ._types import Mode as Mode
 from ._types import NotGiven as NotGiven
 from ._types import PanDirection as PanDirection
 from ._types import VideoMode as VideoMode
 from ._types import VideoResolution as VideoResolution
 from ._types import WaitVia as WaitVia
+from .webhooks import ReceiverStatistics as ReceiverStatistics
+from .webhooks import WebhookReceiver as WebhookReceiver
 
 __all__ = [
     "ActionNotAvailableError",
@@ -78,6 +82,7 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
+    "BlendDimension",
     "Client",
     "DEFAULT_MAX_DOWNLOAD_BYTES",
     "DescribeResult",
@@ -108,6 +113,7 @@ __all__ = [
     "PromptParams",
     "QuotaExceededError",
     "RateLimitError",
+    "ReceiverStatistics",
     "ResponseDecodeError",
     "Result",
     "RetryPolicy",
@@ -123,11 +129,13 @@ __all__ = [
     "TaskUpdates",
     "Timeouts",
     "TranslateResult",
+    "UnsupportedFeatureError",
     "VideoMode",
     "VideoResolution",
     "VideoResult",
     "WaitTimeoutError",
     "WaitVia",
+    "WebhookReceiver",
 ]
 
 # Show public classes as `mjasync.X`, not as the private module they live in.

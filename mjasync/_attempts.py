@@ -27,7 +27,7 @@ from ._exceptions import (
     NotFoundError,
     RateLimitError,
 )
-from ._models.requests import JobRequest
+from ._models.requests import AnyRequest
 from ._models.results import Result
 from ._retry import phase_of, retry_delay
 
@@ -97,7 +97,7 @@ async def call_with_retries(core: Core, send: Callable[[], Awaitable[T]]) -> T:
 
 
 async def submit_with_retries(
-    core: Core, send: Callable[[], Awaitable[T]], request: JobRequest
+    core: Core, send: Callable[[], Awaitable[T]], request: AnyRequest
 ) -> tuple[T | Resumed, int]:
     """Send a submit; return its answer (or the task found after a lost answer) and the retries taken."""
     attempt = 0
@@ -147,7 +147,7 @@ def _delay_before_retry(core: Core, error: MJError, attempt: int) -> float | Non
 
 
 async def reconcile_submit(
-    core: Core, request: JobRequest, error: MJError, sent_at: float, attempt: int
+    core: Core, request: AnyRequest, error: MJError, sent_at: float, attempt: int
 ) -> str | None:
     """After a submit of unknown fate: the task's id if the provider has it, None if proven absent.
 
@@ -198,7 +198,7 @@ async def _task_by_trace_id(core: Core, trace_id: str) -> str | None:
     return task_id
 
 
-async def find_submitted(core: Core, request: JobRequest, since: float) -> str | None:
+async def find_submitted(core: Core, request: AnyRequest, since: float) -> str | None:
     """The id of a task made by an earlier submit of `request` since `since`, not yet held by this client."""
     found = await _task_by_listing(core, request, since)
     if found is not None:
@@ -210,7 +210,7 @@ async def find_submitted(core: Core, request: JobRequest, since: float) -> str |
 MAX_RECONCILE_SCAN = 5_000
 
 
-async def _task_by_listing(core: Core, request: JobRequest, sent_at: float) -> str | None:
+async def _task_by_listing(core: Core, request: AnyRequest, sent_at: float) -> str | None:
     # A dict keeps the order and counts a task once: pages are read newest first by offset, so tasks
     # made between two reads shift older ones to a later page, where they are seen again (never skipped).
     matches: dict[str, None] = {}

@@ -15,8 +15,9 @@ import aiohttp
 import anyio
 import msgspec
 
-from ._attempts import call_with_retries, find_submitted
+from ._attempts import Resumed, call_with_retries, find_submitted, submit_with_retries
 from ._batch import Outcomes, run_many
+from ._callbacks import CallbackRouter
 from ._config import (
     DEFAULT_MAX_LINE_BYTES,
     DEFAULT_MAX_RESPONSE_BYTES,
@@ -56,7 +57,7 @@ from ._poller import TaskPoller
 from ._providers import Provider, get_provider
 from ._transport import SessionPool, Transport, WireResponse
 from ._transport._send import raise_connection_error
-from ._types import Mode, PanDirection, VideoMode, VideoResolution, WaitVia
+from ._types import BlendDimension, Mode, PanDirection, VideoMode, VideoResolution, WaitVia
 
 __all__ = ["DEFAULT_MAX_DOWNLOAD_BYTES", "Client"]
 
@@ -66,7 +67,9 @@ _MODES: Final = ("fast", "relax", "turbo")
 _VIDEO_MODES: Final = ("fast", "turbo")
 _RESOLUTIONS: Final = ("480p", "720p")
 _QUALITIES: Final = (".25", ".5", "1", "2", "4")
-_WAIT_VIAS: Final = ("stream", "poll", "sync")
+_WAIT_VIAS: Final = ("stream", "poll", "sync", "callback")
+#: A blend's dimension as the `--ar` AceData reads from the prompt.
+_DIMENSION_ASPECTS: Final = {"square": "1:1", "portrait": "2:3", "landscape": "3:2"}
 _VERSION_RE: Final = re.compile(r"\d+(\.\d+)?")
 _ACTION_RE: Final = re.compile(r"[a-z0-9_]+")
 _USER_AGENT: Final = "mjasync/0.1 (+aiohttp)"
@@ -85,9 +88,13 @@ class Client:
     ```
 
     The key comes from `api_key`, else `MJASYNC_API_KEY`, else `ACEDATACLOUD_API_TOKEN`; the base URL
-    from `base_url`, else `MJASYNC_BASE_URL`, else the provider's. The aiohttp session is made inside
-    the running loop on first use and closed by `aclose()` (or `async with`), unless you passed your
-    own `http_session`, which you then close yourself.
+    from `base_url`, else `MJASYNC_BASE_URL`, else the provider's. `provider` is "acedata" (the
+    default) or "goapi"; the calls are the same, and what one lacks raises `UnsupportedFeatureError`.
+    The aiohttp session is made inside the running loop on first use and closed by `aclose()` (or
+    `async with`), unless you passed your own `http_session`, which you then close yourself.
+
+    With `webhooks=` (a `WebhookReceiver`), jobs ask the provider to call back and are awaited that
+    way by default (`wait_via="callback"`), polling only when a callback is late.
     """
 
     def __init__(
@@ -102,7 +109,8 @@ class Client:
         retry: RetryPolicy | None = None,
         default_headers: Mapping[str, str] | None = None,
         http_session: aiohttp.ClientSession | None = None,
-        wait_via: WaitVia = "stream",
+        webhooks: CallbackRouter | None = None,
+        wait_via: WaitVia | None = None,
         max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
@@ -116,6 +124,7 @@ class Client:
             retry=retry,
             default_headers=default_headers,
             http_session=http_session,
+            webhooks=webhooks,
             wait_via=wait_via,
             max_line_bytes=max_line_bytes,
             max_response_bytes=max_response_bytes,
@@ -135,7 +144,8 @@ class Client:
         retry: RetryPolicy | None,
         default_headers: Mapping[str, str] | None,
         http_session: aiohttp.ClientSession | None,
-        wait_via: WaitVia,
+        webhooks: CallbackRouter | None,
+        wait_via: WaitVia | None,
         max_line_bytes: int,
         max_response_bytes: int,
         pool: SessionPool | None,
@@ -149,8 +159,12 @@ class Client:
             )
         url = base_url or os.environ.get(ENV_BASE_URL) or self._provider.default_base_url
         self._base_url = validate_http_url(url, "base_url").rstrip("/")
+        if wait_via is None:
+            wait_via = "callback" if webhooks is not None else "stream"
         if wait_via not in _WAIT_VIAS:
             raise InvalidRequestError(f"wait_via must be one of {_WAIT_VIAS}, not {wait_via!r}")
+        if wait_via == "callback" and webhooks is None:
+            raise InvalidRequestError("wait_via='callback' needs webhooks=WebhookReceiver(...)")
         for name, value in (("max_line_bytes", max_line_bytes), ("max_response_bytes", max_response_bytes)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1024:
                 raise InvalidRequestError(f"{name} must be an int of at least 1024, got {value!r}")
@@ -165,6 +179,7 @@ class Client:
             "poll": poll or PollPolicy(),
             "retry": retry or RetryPolicy(),
             "default_headers": headers,
+            "webhooks": webhooks,
             "wait_via": wait_via,
             "max_line_bytes": max_line_bytes,
             "max_response_bytes": max_response_bytes,
@@ -197,6 +212,7 @@ class Client:
             or JobLimiter(job_limits.max_in_flight, submits_per_second=job_limits.submits_per_second),
             max_line_bytes=max_line_bytes,
             wait_via=wait_via,
+            callbacks=webhooks,
         )
 
     # -- lifecycle ------------------------------------------------------------------------------------
@@ -296,14 +312,24 @@ class Client:
         hd: bool | None = None,
         quality: str | None = None,
         moodboard: bool | None = None,
+        aspect_ratio: str | None = None,
+        skip_prompt_check: bool | None = None,
         timeout: float | None = None,
         callback_url: str | None = None,
     ) -> Job[ImagineResult]:
-        """Generate a 2×2 grid from a prompt; with `image_urls` (1–5), an image prompt or a blend.
+        """Generate a 2×2 grid from a prompt; with `image_urls` (1–5), an image prompt.
 
         `version` is sent as the body field (for billing) and as `--v` in the prompt (which picks the
-        model); `hd` likewise as `--hd`. Nothing is sent until the job is awaited, streamed or submitted.
+        model); `hd` likewise as `--hd`; `aspect_ratio` ("16:9") as `--ar`, and as a field where the
+        provider has one. `skip_prompt_check` is GoAPI's. Nothing is sent until the job is awaited,
+        streamed or submitted.
         """
+        if aspect_ratio is not None:
+            if params is not None and params.aspect_ratio not in (None, aspect_ratio):
+                raise InvalidRequestError(
+                    f"aspect_ratio={aspect_ratio!r} conflicts with params.aspect_ratio={params.aspect_ratio!r}"
+                )
+            params = msgspec.structs.replace(params or PromptParams(), aspect_ratio=aspect_ratio)
         if version is not None:
             if not isinstance(version, str) or not _VERSION_RE.fullmatch(version):
                 raise InvalidRequestError(f"version must look like '7' or '6.1', not {version!r}")
@@ -326,6 +352,8 @@ class Client:
             quality=_check_choice("quality", quality, _QUALITIES),
             style_reference=True if sref else None,
             moodboard=_check_bool("moodboard", moodboard),
+            aspect_ratio=params.aspect_ratio if params is not None else None,
+            skip_prompt_check=_check_bool("skip_prompt_check", skip_prompt_check),
             **self._image_job_options(mode, translation, split_images, timeout, callback_url),
         )
         return Job(self._core, ImagineResult, request)
@@ -335,22 +363,33 @@ class Client:
         image_urls: Sequence[str],
         prompt: str = "",
         *,
+        dimension: BlendDimension | None = None,
         params: PromptParams | None = None,
         mode: Mode | None = None,
         timeout: float | None = None,
         callback_url: str | None = None,
     ) -> Job[ImagineResult]:
-        """Blend 2–5 images (their URLs go before the optional text, as the service expects)."""
-        if isinstance(image_urls, str) or len(image_urls) < 2:
+        """Blend 2–5 images (their URLs go before the optional text, as AceData expects).
+
+        `dimension` (square, portrait or landscape) shapes the result; GoAPI takes no text or
+        parameters with a blend.
+        """
+        if isinstance(image_urls, str) or not 2 <= len(image_urls) <= 5:
             raise InvalidRequestError("a blend needs between 2 and 5 image URLs (a list, not one string)")
-        return self.imagine(
+        dimension = _check_choice("dimension", dimension, tuple(_DIMENSION_ASPECTS))  # type: ignore[assignment]
+        job = self.imagine(
             prompt,
             image_urls=image_urls,
             params=params,
+            aspect_ratio=_DIMENSION_ASPECTS[dimension] if dimension else None,
             mode=mode,
             timeout=timeout,
             callback_url=callback_url,
         )
+        request = msgspec.structs.replace(
+            job.request, blend_urls=list(image_urls), dimension=dimension, aspect_ratio=None
+        )
+        return Job(self._core, ImagineResult, request)
 
     def act(
         self,
@@ -537,9 +576,13 @@ class Client:
         return await self._call(TranslateRequest(content=_required_text("content", content)), TranslateResult)
 
     async def seed(self, target: _ImageTarget) -> SeedResult:
-        """The seed of a generated image (a result or an `image_id`)."""
-        image_id = target.image_id if isinstance(target, ImagineResult) else target
+        """The seed of a generated image (a result, or the id `follow_up_id` gives for one)."""
+        image_id = self._provider.follow_up_id(target) if isinstance(target, ImagineResult) else target
         return await self._call(SeedRequest(image_id=_required_text("image_id", image_id)), SeedResult)
+
+    def follow_up_id(self, result: ImagineResult) -> str | None:
+        """The id a follow-up names `result` by, at this provider (AceData: `image_id`; GoAPI: `task_id`)."""
+        return self._provider.follow_up_id(result)
 
     # -- many jobs at once -------------------------------------------------------------------------------
 
@@ -710,23 +753,44 @@ class Client:
     # -- helpers ----------------------------------------------------------------------------------------
 
     async def _call(self, request: Any, kind: type[R]) -> R:
-        path, body, _ = self._provider.call_request(request)
+        self._provider.check(request)
+        path, body, _, as_task = self._provider.call_request(request)
+        if as_task:
+            return await self._call_as_task(request, kind, path, body)
         response = await self._post_idempotent(path, body)
         result = self._provider.decode_result(kind, response.body, request=f"POST {path}")
         if result.failed:
             raise self._provider.job_failed(result, request=f"POST {path}")
         return result
 
+    async def _call_as_task(self, request: Any, kind: type[R], path: str, body: bytes) -> R:
+        """A short call the provider runs as a task (GoAPI's describe and seed): submit once, then wait."""
+        core = self._core
+        async with core.limiter.slot(request):
+            answer, retries = await submit_with_retries(
+                core, lambda: core.transport.post(path, body), request
+            )
+            if isinstance(answer, Resumed):
+                task_id = answer.task_id
+            else:
+                task_id = self._provider.decode_receipt(answer.body, request=f"POST {path}")
+            core.known_tasks.add(task_id)
+            handle = TaskHandle(
+                core, kind, task_id, first_poll_delay=core.poll.initial_interval, retries_taken=retries
+            )
+            return await handle.wait()
+
     def _image_id_for(self, target: _ImageTarget, action: str) -> str:
         if isinstance(target, ImagineResult):
-            if target.failed or not target.image_id or not target.actions:
+            follow_up_id = self._provider.follow_up_id(target)
+            if target.failed or not follow_up_id or not target.actions:
                 raise InvalidRequestError(
                     "actions apply to a finished result; this one is a progress update or a failure"
                 )
             allowed = self._provider.allowed_actions(target)
             if action not in allowed:
                 raise ActionNotAvailableError(action, sorted(allowed))
-            return target.image_id
+            return follow_up_id
         if isinstance(target, str) and target.strip():
             return target.strip()
         raise InvalidRequestError(

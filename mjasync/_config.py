@@ -118,9 +118,13 @@ class PollPolicy(msgspec.Struct, kw_only=True, frozen=True):
     batch_window: float = 0.02
     #: The most task ids in one `retrieve_batch`.
     max_batch: int = 50
+    #: A job awaited by callback is polled only once no callback has come for this long (the
+    #: callback may be lost); then every `max_interval` until a callback or the result arrives.
+    callback_grace: float = 120.0
 
     def __post_init__(self) -> None:
         _check_positive("PollPolicy.initial_interval", self.initial_interval, allow_none=False)
+        _check_positive("PollPolicy.callback_grace", self.callback_grace, allow_none=False)
         _check_positive("PollPolicy.max_interval", self.max_interval, allow_none=False)
         _check_positive("PollPolicy.deadline", self.deadline)
         if not (isinstance(self.factor, (int, float)) and math.isfinite(self.factor) and self.factor >= 1):

@@ -3,7 +3,8 @@
 ```
 MJError
 ├── InvalidRequestError (also ValueError)   bad input, refused before anything is sent
-│   └── ActionNotAvailableError              the action is not in the result's `actions`
+│   ├── ActionNotAvailableError              the action is not in the result's `actions`
+│   └── UnsupportedFeatureError              the provider has no such feature (videos on GoAPI)
 ├── APIError                                 something went wrong talking to the provider
 │   ├── APIConnectionError                   no usable HTTP response (.may_have_reached_server)
 │   │   └── APITimeoutError
@@ -59,6 +60,7 @@ __all__ = [
     "ServerError",
     "StreamError",
     "StreamInterruptedError",
+    "UnsupportedFeatureError",
     "WaitTimeoutError",
 ]
 
@@ -92,6 +94,15 @@ class ActionNotAvailableError(InvalidRequestError):
         self.available = list(available)
         listed = ", ".join(self.available) if self.available else "none"
         super().__init__(f"action {action!r} is not available on this result; available: {listed}")
+
+
+class UnsupportedFeatureError(InvalidRequestError):
+    """Raised when the client's provider has no such feature (videos on GoAPI, say)."""
+
+    def __init__(self, provider: str, feature: str) -> None:
+        self.provider = provider
+        self.feature = feature
+        super().__init__(f"{feature} is not supported by the {provider} provider")
 
 
 class APIError(MJError):

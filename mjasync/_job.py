@@ -9,6 +9,7 @@ from typing import Any, Generic, TypeVar
 import anyio
 
 from ._attempts import KnownTasks, Resumed, call_with_retries, submit_with_retries, with_retries_taken
+from ._callbacks import CallbackFollower, CallbackInbox, CallbackRouter
 from ._config import DEFAULT_SERVER_TIMEOUT, PollPolicy, RetryPolicy
 from ._exceptions import InvalidRequestError, ResponseDecodeError
 from ._limiter import JobLimiter
@@ -40,6 +41,25 @@ class Core:
     wait_via: WaitVia
     known_tasks: KnownTasks = field(default_factory=KnownTasks)
     sleep: Callable[[float], Awaitable[None]] = anyio.sleep
+    #: Where jobs that wait by callback get their address (a `WebhookReceiver`), if anywhere.
+    callbacks: CallbackRouter | None = None
+
+    def open_inbox(
+        self, kind: type[R], request: JobRequest, *, progress: bool
+    ) -> tuple[CallbackInbox[R] | None, Any, Callable[[], None]]:
+        """An inbox, its callback target and its closer, when this job can hear by callback.
+
+        Not when there is no router, or when the request names its own `callback_url` (yours wins).
+        """
+        if self.callbacks is None or request.callback_url is not None:
+            return None, None, _nothing
+        inbox = CallbackInbox(self.provider, kind)
+        target, close = self.callbacks.open_route(inbox, progress=progress, ttl=self.poll.deadline)
+        return inbox, target, close
+
+
+def _nothing() -> None:
+    pass
 
 
 class Job(Generic[R]):
@@ -53,6 +73,7 @@ class Job(Generic[R]):
     """
 
     def __init__(self, core: Core, kind: type[R], request: JobRequest) -> None:
+        core.provider.check(request)
         self._core = core
         self._kind = kind
         self._request = request
@@ -81,14 +102,29 @@ class Job(Generic[R]):
     async def result(
         self, *, via: WaitVia | None = None, on_task_id: Callable[[str], None] | None = None
     ) -> R:
-        """Send the job and return its final result, getting it `via` a stream (default), polling or one long wait.
+        """Send the job and return its final result, getting it `via` a stream, polling, one long wait
+        or a callback (the client's default: `wait_via`).
 
-        `on_task_id` is called once with the provider's task id as soon as it is known (to journal
-        it, say). The job holds one of the client's in-flight slots from its submit to its result.
+        A provider without progress streams follows a "stream" by polling, and one without long waits
+        polls for "sync". `on_task_id` is called once with the provider's task id as soon as it is
+        known (to journal it, say). The job holds one of the client's in-flight slots from its submit
+        to its result.
         """
-        via = via or self._core.wait_via
-        if via not in ("stream", "poll", "sync"):
-            raise InvalidRequestError(f"via must be 'stream', 'poll' or 'sync', not {via!r}")
+        core = self._core
+        via = via or core.wait_via
+        if via not in ("stream", "poll", "sync", "callback"):
+            raise InvalidRequestError(f"via must be 'stream', 'poll', 'sync' or 'callback', not {via!r}")
+        if via == "callback":
+            if core.callbacks is None:
+                raise InvalidRequestError(
+                    "via='callback' needs a receiver: Client(webhooks=WebhookReceiver(...))"
+                )
+            if self._request.callback_url is not None:
+                raise InvalidRequestError(
+                    "this job sends its callbacks to its own callback_url; wait via 'poll', or drop callback_url"
+                )
+        if via == "sync" and not core.provider.long_waits:
+            via = "poll"
         if via == "stream":
             reported = False
             async with self.stream() as updates:
@@ -99,8 +135,8 @@ class Job(Generic[R]):
             assert updates.final is not None  # the stream raises when it ends without one
             return updates.final
         async with self._core.limiter.slot(self):
-            if via == "poll":
-                handle = await self.submit()
+            if via in ("poll", "callback"):
+                handle = await self._submit(callbacks=via == "callback")
                 if on_task_id is not None:
                     on_task_id(handle.task_id)
                 result = await handle.wait()
@@ -110,30 +146,59 @@ class Job(Generic[R]):
         return result
 
     def stream(self) -> JobStream[R]:
-        """Send the job with `accept: application/x-ndjson` and iterate its progress updates.
+        """Send the job and iterate its progress updates (AceData: an ndjson stream).
 
         If the stream breaks after its first line, the same iterator carries on by polling the task:
-        no second submit, no duplicate updates.
+        no second submit, no duplicate updates. A provider without streams is followed by polling
+        from the start; with a `WebhookReceiver` on the client, progress callbacks feed the iterator
+        instead, and polling is only the fallback.
         """
         self._claim()
-        path, body, headers = self._core.provider.job_request(self._request, via="stream")
-        return JobStream(self._core, self._kind, self._request, path, body, headers)
+        core = self._core
+        inbox, target, close = core.open_inbox(self._kind, self._request, progress=True)
+        path, body, headers = core.provider.job_request(self._request, via="stream", callback=target)
+        return JobStream(core, self._kind, self._request, path, body, headers, inbox=inbox, close_route=close)
 
     async def submit(self) -> TaskHandle[R]:
-        """Send the job asynchronously (`async: true`, and the callback if one was set) and return its handle."""
+        """Send the job asynchronously and return its handle at once.
+
+        With a `WebhookReceiver` on the client (and no `callback_url` of your own) the provider is
+        asked to call back, and the handle waits for that, polling only if it is late.
+        """
+        return await self._submit(callbacks=True)
+
+    async def _submit(self, *, callbacks: bool) -> TaskHandle[R]:
         self._claim()
         core = self._core
-        path, body, headers = core.provider.job_request(self._request, via="poll")
-        answer, retries = await submit_with_retries(
-            core, lambda: core.transport.post(path, body, headers=headers), self._request
+        inbox, target, close = (
+            core.open_inbox(self._kind, self._request, progress=False)
+            if callbacks
+            else (None, None, _nothing)
         )
-        if isinstance(answer, Resumed):
-            task_id = answer.task_id
-        else:
-            task_id = core.provider.decode_receipt(answer.body, request=f"POST {path}")
+        via: WaitVia = "callback" if target is not None else "poll"
+        path, body, headers = core.provider.job_request(self._request, via=via, callback=target)
+        try:
+            answer, retries = await submit_with_retries(
+                core, lambda: core.transport.post(path, body, headers=headers), self._request
+            )
+            if isinstance(answer, Resumed):
+                task_id = answer.task_id
+            else:
+                task_id = core.provider.decode_receipt(answer.body, request=f"POST {path}")
+        except BaseException:
+            close()
+            raise
         core.known_tasks.add(task_id)
+        if inbox is not None:
+            inbox.expect(task_id)
         return TaskHandle(
-            core, self._kind, task_id, first_poll_delay=core.poll.initial_interval, retries_taken=retries
+            core,
+            self._kind,
+            task_id,
+            first_poll_delay=core.poll.initial_interval,
+            retries_taken=retries,
+            inbox=inbox,
+            close_route=close,
         )
 
     async def _long_wait(self, on_task_id: Callable[[str], None] | None) -> R:
@@ -191,10 +256,14 @@ class TaskHandle(Generic[R]):
         *,
         first_poll_delay: float = 0.0,
         retries_taken: int = 0,
+        inbox: CallbackInbox[R] | None = None,
+        close_route: Callable[[], None] = _nothing,
     ) -> None:
         self._core = core
         self._kind = kind
         self._first_poll_delay = first_poll_delay
+        self._inbox = inbox
+        self._close_route = close_route
         #: The provider's id for this job.
         self.task_id = task_id
         #: Retries its submit took.
@@ -220,10 +289,20 @@ class TaskHandle(Generic[R]):
         cursor = PollCursor(
             self._core, self._kind, self.task_id, first_poll_delay=self._first_poll_delay, deadline=limit
         )
-        return TaskUpdates(cursor, self.retries_taken)
+        if self._inbox is None:
+            return TaskUpdates(cursor, self.retries_taken)
+        return TaskUpdates(
+            CallbackFollower(self._core, self._inbox, cursor, self._stop_listening), self.retries_taken
+        )
+
+    def _stop_listening(self) -> None:
+        # Once over (or given up on), later waits poll: the route is gone.
+        self._inbox = None
+        self._close_route()
 
     async def wait(self, *, deadline: float | NotGiven | None = NOT_GIVEN) -> R:
-        """Poll until the job finishes and return its result; raise `JobFailedError` if it failed.
+        """Wait until the job finishes (by callback if it was submitted with one, else by polling) and
+        return its result; raise `JobFailedError` if it failed.
 
         `deadline` (seconds; None for none) defaults to the client's `PollPolicy.deadline`; when it
         runs out, `WaitTimeoutError` is raised and the job may still finish later.
@@ -238,7 +317,7 @@ class TaskHandle(Generic[R]):
 class TaskUpdates(Generic[R]):
     """An async iterator over a task's polled updates, ending with its final result."""
 
-    def __init__(self, cursor: PollCursor[R], retries_taken: int) -> None:
+    def __init__(self, cursor: PollCursor[R] | CallbackFollower[R], retries_taken: int) -> None:
         self._cursor = cursor
         self._retries_taken = retries_taken
 

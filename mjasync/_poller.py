@@ -137,45 +137,85 @@ class PollCursor(Generic[R]):
         # The scope covers one step, inside this call: nothing here spans a `yield`.
         with anyio.move_on_after(remaining):
             return await self._next_state()
-        raise WaitTimeoutError(
-            f"task {self._task_id} did not finish within {self._deadline} s (it may still finish)",
-            task_id=self._task_id,
-        )
+        raise self.timed_out()
 
     async def _next_state(self) -> R:
         while True:
             if self._delay > 0:
                 await self._core.sleep(self._delay)
-            # A little jitter keeps many waiting jobs from polling in lockstep rounds forever.
-            self._delay = next(self._intervals) * (1.0 - 0.1 * random.random())
-            try:
-                body = await self._core.poller.poll(self._task_id)
-            except MJError as error:
-                # A lookup that failed even after its retries is no news about the job; only a
-                # refusal (401, 403, ...) ends the wait. The deadline bounds the rest.
-                if phase_of(error) == "fatal":
-                    raise
-                continue
-            if body is None:
-                continue
-            record: TaskRecord[R] = self._core.provider.decode_task(body, self._kind)
-            state = self._core.provider.task_state(record)
-            response = record.response
-            if state == "succeeded" and response is not None:
-                self.done = True
-                return response
-            if state == "failed":
-                raise _failure(self._core, record, self._task_id)
-            progress = getattr(response, "progress", None)
-            if (
-                state == "running"
-                and response is not None
-                and progress is not None
-                and progress > self._seen_progress
-            ):
-                self._seen_progress = progress
-                self._delay = min(self._delay, self._core.poll.initial_interval)
-                return response
+            update = await self.check()
+            if update is not None:
+                return update
+
+    async def check(self) -> R | None:
+        """Look the task up once (no wait first): its final result, a newer update, or None for no news.
+
+        Raises `JobFailedError` if the provider failed the job.
+        """
+        # A little jitter keeps many waiting jobs from polling in lockstep rounds forever.
+        self._delay = next(self._intervals) * (1.0 - 0.1 * random.random())
+        try:
+            body = await self._core.poller.poll(self._task_id)
+        except MJError as error:
+            # A lookup that failed even after its retries is no news about the job; only a
+            # refusal (401, 403, ...) ends the wait. The deadline bounds the rest.
+            if phase_of(error) == "fatal":
+                raise
+            return None
+        if body is None:
+            return None
+        record: TaskRecord[R] = self._core.provider.decode_task(body, self._kind)
+        state = self._core.provider.task_state(record)
+        response = record.response
+        if state == "succeeded" and response is not None:
+            self.done = True
+            return response
+        if state == "failed":
+            raise _failure(self._core, record, self._task_id)
+        if state == "running" and response is not None:
+            return self._newer(response)
+        return None
+
+    def offer(self, update: R) -> R | None:
+        """Judge an update that came another way (a callback): final, newer, or None when stale.
+
+        Raises `JobFailedError` if it reports the job failed.
+        """
+        if self.done:
+            return None
+        if update.failed:
+            error = self._core.provider.job_failed(update)
+            error.task_id = error.task_id or self._task_id
+            raise error
+        if update.is_final:
+            self.done = True
+            return update
+        return self._newer(update)
+
+    def _newer(self, update: R) -> R | None:
+        progress = getattr(update, "progress", None)
+        if progress is None or progress <= self._seen_progress:
+            return None
+        self._seen_progress = progress
+        self._delay = min(self._delay, self._core.poll.initial_interval)
+        return update
+
+    @property
+    def deadline_at(self) -> float | None:
+        """When (`time.monotonic()`) waiting gives up; None for never."""
+        return self._deadline_at
+
+    @property
+    def next_delay(self) -> float:
+        """The wait before the next poll, as the schedule has it now."""
+        return self._delay
+
+    def timed_out(self) -> WaitTimeoutError:
+        """The error for a wait that ran past the deadline."""
+        return WaitTimeoutError(
+            f"task {self._task_id} did not finish within {self._deadline} s (it may still finish)",
+            task_id=self._task_id,
+        )
 
 
 def _failure(core: Core, record: TaskRecord[Any], task_id: str) -> JobFailedError:

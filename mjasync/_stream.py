@@ -8,6 +8,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 from ._attempts import Resumed, reconcile_submit, submit_with_retries, with_retries_taken
+from ._callbacks import CallbackFollower, CallbackInbox
 from ._exceptions import (
     APIConnectionError,
     LineTooLongError,
@@ -46,9 +47,20 @@ class JobStream(Generic[R]):
     """
 
     def __init__(
-        self, core: Core, kind: type[R], request: JobRequest, path: str, body: bytes, headers: dict[str, str]
+        self,
+        core: Core,
+        kind: type[R],
+        request: JobRequest,
+        path: str,
+        body: bytes,
+        headers: dict[str, str],
+        *,
+        inbox: CallbackInbox[R] | None = None,
+        close_route: Callable[[], None] | None = None,
     ) -> None:
         self._core = core
+        self._inbox = inbox
+        self._close_route = close_route
         self._kind = kind
         self._request = request
         self._path = path
@@ -56,7 +68,7 @@ class JobStream(Generic[R]):
         self._headers = headers
         self._reader: LineReader | None = None
         self._release: Callable[[], None] | None = None
-        self._cursor: PollCursor[R] | None = None
+        self._cursor: PollCursor[R] | CallbackFollower[R] | None = None
         self._holds_slot = False
         self._finished = False
         self._retries = 0
@@ -126,6 +138,9 @@ class JobStream(Generic[R]):
 
     async def _open(self) -> None:
         core = self._core
+        if not core.provider.streams:
+            await self._submit_to_follow()
+            return
         timeout = core.transport.client_timeout(read=core.transport.timeouts.stream_read)
         self._sent_at = time.time()
         answer, retries = await submit_with_retries(
@@ -139,6 +154,20 @@ class JobStream(Generic[R]):
             return
         self._release = answer.release
         self._reader = LineReader(answer, max_line_bytes=core.max_line_bytes, request=f"POST {self._path}")
+
+    async def _submit_to_follow(self) -> None:
+        """For a provider without streams: submit, then follow the task (by callback or by polling)."""
+        core = self._core
+        answer, retries = await submit_with_retries(
+            core, lambda: core.transport.post(self._path, self._body, headers=self._headers), self._request
+        )
+        self._retries += retries
+        if isinstance(answer, Resumed):
+            task_id = answer.task_id
+        else:
+            task_id = core.provider.decode_receipt(answer.body, request=f"POST {self._path}")
+        core.known_tasks.add(task_id)
+        self._follow(task_id, first_poll_delay=core.poll.initial_interval)
 
     async def _next_streamed(self) -> R | None:
         """The next new update from the stream; None at the end of a complete stream."""
@@ -156,9 +185,11 @@ class JobStream(Generic[R]):
             if self.final is not None:
                 continue  # anything after the final line is not ours to interpret
             update = self._core.provider.decode_update(self._kind, line, self._reader.line_number)
-            if update.task_id:
+            if update.task_id and update.task_id != self.task_id:
                 self.task_id = update.task_id
                 self._core.known_tasks.add(update.task_id)
+                if self._inbox is not None:
+                    self._inbox.expect(update.task_id)
             if update.failed:
                 raise self._core.provider.job_failed(update, request=f"POST {self._path}")
             return update
@@ -181,16 +212,31 @@ class JobStream(Generic[R]):
         self._retries += 1  # proven absent: sending again cannot pay twice
 
     def _resume(self, task_id: str) -> None:
-        self.task_id = task_id
         self.resumed = True
+        self._follow(task_id)
+
+    def _follow(self, task_id: str, *, first_poll_delay: float = 0.0) -> None:
+        """Carry on from the task's record: by callback when the job has an inbox, else by polling."""
+        self.task_id = task_id
         seen = self.last.progress if self.last is not None and hasattr(self.last, "progress") else None
-        self._cursor = PollCursor(
+        cursor = PollCursor(
             self._core,
             self._kind,
             task_id,
+            first_poll_delay=first_poll_delay,
             seen_progress=-1.0 if seen is None else seen,
             deadline=self._core.poll.deadline,
         )
+        if self._inbox is None:
+            self._cursor = cursor
+            return
+        self._inbox.expect(task_id)
+        self._cursor = CallbackFollower(self._core, self._inbox, cursor, self._stop_listening)
+
+    def _stop_listening(self) -> None:
+        close, self._close_route = self._close_route, None
+        if close is not None:
+            close()
 
     async def _next_polled(self) -> R:
         assert self._cursor is not None
@@ -216,6 +262,7 @@ class JobStream(Generic[R]):
     def _close(self) -> None:
         self._finished = True
         self._drop_connection()
+        self._stop_listening()
         if self._holds_slot:
             self._holds_slot = False
             self._core.limiter.release(self)

@@ -5,7 +5,16 @@ from __future__ import annotations
 import enum
 from typing import Final, Literal
 
-__all__ = ["NOT_GIVEN", "Mode", "NotGiven", "PanDirection", "VideoMode", "VideoResolution", "WaitVia"]
+__all__ = [
+    "NOT_GIVEN",
+    "BlendDimension",
+    "Mode",
+    "NotGiven",
+    "PanDirection",
+    "VideoMode",
+    "VideoResolution",
+    "WaitVia",
+]
 
 #: Midjourney speed modes for images.
 Mode = Literal["fast", "relax", "turbo"]
@@ -13,8 +22,11 @@ Mode = Literal["fast", "relax", "turbo"]
 VideoMode = Literal["fast", "turbo"]
 VideoResolution = Literal["480p", "720p"]
 PanDirection = Literal["left", "right", "up", "down"]
-#: How `await job` gets its result: an ndjson stream, submit-then-poll, or one synchronous long wait.
-WaitVia = Literal["stream", "poll", "sync"]
+#: The shape of a blend: 1:1, 2:3 or 3:2.
+BlendDimension = Literal["square", "portrait", "landscape"]
+#: How `await job` gets its result: a progress stream, submit-then-poll, one synchronous long wait, or
+#: submit-then-await the provider's callback (a `WebhookReceiver`), polling only if it is late.
+WaitVia = Literal["stream", "poll", "sync", "callback"]
 
 
 class NotGiven(enum.Enum):

@@ -16,8 +16,8 @@ LAYERS: list[set[str]] = [
     {"_providers"},
     {"_transport", "_limiter"},
     # Fan-out (`_batch`) composes jobs and handles; the Client offers it as `run_many`, so they share a row.
-    {"_client", "_job", "_stream", "_poller", "_attempts", "_batch"},
-    {"emulator", "testing", "cli", "__init__", "__main__"},
+    {"_client", "_job", "_stream", "_poller", "_attempts", "_batch", "_callbacks"},
+    {"emulator", "testing", "cli", "webhooks", "__init__", "__main__"},
 ]
 #: Modules that must stay pure: no sockets, no event loop.
 PURE = {"_types", "_exceptions", "_config", "_models", "_ndjson", "_retry", "_providers"}

@@ -10,6 +10,8 @@ __all__ = [
     "DescribeRequest",
     "EditsRequest",
     "ImagineRequest",
+    "AnyRequest",
+    "CallRequest",
     "JobRequest",
     "SeedRequest",
     "ShortenRequest",
@@ -34,10 +36,16 @@ class _JobFields(_Request, kw_only=True, frozen=True, omit_defaults=True):
 
 
 class ImagineRequest(_JobFields, kw_only=True, frozen=True, omit_defaults=True):
-    """A generate, or a follow-up action on an earlier image."""
+    """A generate, or a follow-up action on an earlier image.
+
+    Fields AceData's body has not (`aspect_ratio`, `skip_prompt_check`, `blend_urls`, `dimension`)
+    serve providers that take them as fields; for AceData the prompt already says the same.
+    """
 
     action: str
     prompt: str | None = None
+    #: The image a follow-up acts on, by the id its provider uses for that (`Provider.follow_up_id`):
+    #: AceData's `image_id`, GoAPI's task id.
     image_id: str | None = None
     mask: str | None = None
     translation: bool | None = None
@@ -47,6 +55,12 @@ class ImagineRequest(_JobFields, kw_only=True, frozen=True, omit_defaults=True):
     quality: str | None = None
     style_reference: bool | None = None
     moodboard: bool | None = None
+    aspect_ratio: str | None = None
+    skip_prompt_check: bool | None = None
+    #: The images of a blend (also at the head of `prompt`, where AceData reads them).
+    blend_urls: list[str] | None = None
+    #: A blend's shape: square, portrait or landscape (also as `--ar` in `prompt`).
+    dimension: str | None = None
 
 
 class EditsRequest(_JobFields, kw_only=True, frozen=True, omit_defaults=True):
@@ -85,7 +99,10 @@ class TranslateRequest(_Request, kw_only=True, frozen=True, omit_defaults=True):
 
 
 class SeedRequest(_Request, kw_only=True, frozen=True, omit_defaults=True):
+    #: As in `ImagineRequest.image_id`: the provider's id for the image (AceData) or its task (GoAPI).
     image_id: str
 
 
 JobRequest = ImagineRequest | EditsRequest | VideosRequest
+CallRequest = DescribeRequest | ShortenRequest | TranslateRequest | SeedRequest
+AnyRequest = JobRequest | CallRequest

@@ -4,7 +4,7 @@ Decoders for these run with `strict=False`, so `"1024"` decodes as `1024`; unkno
 and missing ones are None. Structs are frozen and never hold the API key.
 """
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import msgspec
 
@@ -43,6 +43,12 @@ class Result(msgspec.Struct, kw_only=True, frozen=True, gc=False):
     error: ErrorDetail | str | None = None
     #: How many retries it took mjasync to get this (never sent by a provider).
     retries_taken: int = 0
+    #: Set by a provider that says outright whether the job is done (GoAPI's `status`); None where
+    #: finality is read from the fields themselves (AceData).
+    finished: bool | None = None
+    #: The provider's own body when its shape differs from this one (GoAPI's task object, every field
+    #: kept); None when the body is this result (AceData).
+    raw: dict[str, Any] | None = None
 
     @property
     def failed(self) -> bool:
@@ -80,6 +86,8 @@ class ImagineResult(_ImageFields, kw_only=True, frozen=True, gc=False):
     @property
     def is_final(self) -> bool:
         """Final means progress 100 with a non-empty `actions` list (`image_id` changes on every update)."""
+        if self.finished is not None:
+            return self.finished and not self.failed and self.image_id is not None
         return (
             not self.failed
             and bool(self.actions)
@@ -96,6 +104,8 @@ class EditsResult(_ImageFields, kw_only=True, frozen=True, gc=False):
     @property
     def is_final(self) -> bool:
         """Final means progress 100 with an image URL."""
+        if self.finished is not None:
+            return self.finished and not self.failed
         return not self.failed and self.progress is not None and self.progress >= 100 and bool(self.image_url)
 
 

@@ -26,8 +26,10 @@ from .._exceptions import (
     RateLimitError,
     ResponseDecodeError,
     ServerError,
+    UnsupportedFeatureError,
 )
 from .._models.requests import (
+    AnyRequest,
     DescribeRequest,
     EditsRequest,
     ImagineRequest,
@@ -52,6 +54,7 @@ from .._models.results import (
 from .._models.task import TaskBatch, TaskRecord, TaskState
 from .._retry import parse_retry_after
 from .._types import WaitVia
+from ._callback import CallbackTarget
 
 __all__ = ["AceDataProvider"]
 
@@ -130,6 +133,9 @@ _TASK_TYPE_BY_REQUEST: Final[dict[type[Any], str]] = {
 }
 #: Body fields that say how to deliver the answer, not what the job is; they can differ between tries.
 _DELIVERY_FIELDS: Final = frozenset({"async", "timeout", "callback_url"})
+#: Neutral request fields AceData's body never carries (the prompt says the same).
+_NOT_SENT: Final = frozenset({"aspect_ratio", "skip_prompt_check", "blend_urls", "dimension"})
+_NOT_COMPARED: Final = _DELIVERY_FIELDS | _NOT_SENT
 #: How far back (seconds) a reconciling lookup searches before the submit, for clock skew.
 _RECONCILE_SKEW = 120.0
 _RECENT_PAGE = 100
@@ -170,6 +176,9 @@ class AceDataProvider:
 
     name: Final = "acedata"
     default_base_url: Final = "https://api.acedata.cloud"
+    streams: Final = True
+    long_waits: Final = True
+    callback_secret_header: Final = None
 
     # -- requests ---------------------------------------------------------------------------------
 
@@ -181,23 +190,42 @@ class AceDataProvider:
         """Header names that hold a credential (lower case), never to be logged or forwarded."""
         return frozenset({"authorization"})
 
-    def job_request(self, request: JobRequest, *, via: WaitVia) -> tuple[str, bytes, dict[str, str]]:
+    def check(self, request: AnyRequest) -> None:
+        """Refuse, before anything is sent, what AceData cannot do."""
+        if isinstance(request, ImagineRequest) and request.skip_prompt_check:
+            raise UnsupportedFeatureError(self.name, "skip_prompt_check")
+
+    def follow_up_id(self, result: ImagineResult) -> str | None:
+        """A follow-up names the image it acts on by `image_id`."""
+        return result.image_id
+
+    def job_request(
+        self, request: JobRequest, *, via: WaitVia, callback: CallbackTarget | None = None
+    ) -> tuple[str, bytes, dict[str, str]]:
         """Path, body and headers that submit a long-running job the way `via` will wait for it."""
         path = _JOB_PATHS[type(request)]
+        changes: dict[str, Any] = {}
+        if isinstance(request, ImagineRequest) and (
+            request.aspect_ratio or request.skip_prompt_check is not None or request.blend_urls
+        ):
+            # Said in the prompt already (`--ar`, the images at its head); AceData has no such fields.
+            changes.update(aspect_ratio=None, skip_prompt_check=None, blend_urls=None, dimension=None)
+        if callback is not None:
+            changes["callback_url"] = callback.url
         if via == "stream":
             # The stream itself is the result; `async` would turn it into a bare task_id answer.
-            request = msgspec.structs.replace(request, async_=None, timeout=None)
+            request = msgspec.structs.replace(request, async_=None, timeout=None, **changes)
             return path, _encoder.encode(request), {"accept": NDJSON}
-        if via == "poll":
-            request = msgspec.structs.replace(request, async_=True, timeout=None)
+        if via in ("poll", "callback"):
+            request = msgspec.structs.replace(request, async_=True, timeout=None, **changes)
+        elif changes:
+            request = msgspec.structs.replace(request, **changes)
         return path, _encoder.encode(request), {"accept": JSON}
 
-    def call_request(
-        self, request: DescribeRequest | ShortenRequest | TranslateRequest | SeedRequest
-    ) -> tuple[str, bytes, type[Result]]:
-        """Path, body and result type of a short synchronous call."""
+    def call_request(self, request: AnyRequest) -> tuple[str, bytes, type[Result], bool]:
+        """Path, body and result type of a short synchronous call (never a task: the `False`)."""
         path, kind = _CALL_PATHS[type(request)]
-        return path, _encoder.encode(request), kind
+        return path, _encoder.encode(request), kind, False
 
     def task_request(self, task_id: str | None = None, *, trace_id: str | None = None) -> tuple[str, bytes]:
         """Path and body that retrieve one task."""
@@ -215,28 +243,31 @@ class AceDataProvider:
         return TASKS_PATH, _encoder.encode(query)
 
     def recent_tasks_request(
-        self, request: JobRequest, *, since: float, offset: int = 0
+        self, request: AnyRequest, *, since: float, offset: int = 0
     ) -> tuple[str, bytes, int] | None:
         """Path, body and page size of one page of this account's recent tasks like `request`.
 
         For reconciling a submit; newest first, so later pages reach back towards `since`.
         """
+        task_type = _TASK_TYPE_BY_REQUEST.get(type(request))
+        if task_type is None:
+            return None  # short calls make no task to look up
         query = _TaskQuery(
             action="retrieve_batch",
-            type=_TASK_TYPE_BY_REQUEST[type(request)],
+            type=task_type,
             created_at_min=since - _RECONCILE_SKEW,
             offset=offset,
             limit=_RECENT_PAGE,
         )
         return TASKS_PATH, _encoder.encode(query), _RECENT_PAGE
 
-    def same_request(self, record: TaskRecord[Any], request: JobRequest) -> bool:
+    def same_request(self, record: TaskRecord[Any], request: AnyRequest) -> bool:
         """Whether the task was made by a submit of `request` (the record keeps the body it was sent)."""
         stored = record.request
         if not stored:
             return False
         sent = msgspec.to_builtins(request)
-        return all(stored.get(key) == value for key, value in sent.items() if key not in _DELIVERY_FIELDS)
+        return all(stored.get(key) == value for key, value in sent.items() if key not in _NOT_COMPARED)
 
     # -- responses --------------------------------------------------------------------------------
 
@@ -255,6 +286,10 @@ class AceDataProvider:
             return _result_decoder(kind).decode(line)
         except _UNDECODABLE as exc:
             raise MalformedLineError(line_number, _prefix(line), _reason(exc)) from exc
+
+    def decode_callback(self, kind: type[R], body: bytes) -> R:
+        """A callback's body: the final result, or (for a streamed job) one progress line."""
+        return self.decode_result(kind, body, request="callback")
 
     def decode_receipt(self, body: bytes, *, request: str | None = None) -> str:
         """The task_id from an asynchronous submit's immediate answer."""

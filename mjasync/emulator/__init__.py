@@ -170,6 +170,15 @@ class Emulator:
         """Every callback POST made, with the status received or the error met."""
         return self._store.callbacks
 
+    def drop_callbacks(self, count: int = 1) -> None:
+        """Lose the next *count* callbacks or webhooks that fall due: none of their attempts is sent.
+
+        Counted in ``counters["callbacks_dropped"]``; for testing that a client survives a lost callback.
+        """
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ValueError(f"count must be a non-negative int, got {count!r}")
+        self._store.drop_callbacks(count)
+
     def reset_records(self) -> None:
         """Forget recorded requests, callbacks, counters and faults; tasks and images stay available."""
         self._store.reset_records()

@@ -289,6 +289,12 @@ async def _deliver(store: Store, task: GoapiTask, url: str, secret: str, wanted:
     for index in wanted:
         body = task.render(index)
         due = task.phases[index].at
+        try:
+            await store.wait_until(due)
+        except Closing:
+            return
+        if store.take_drop():
+            continue
         for _ in range(WEBHOOK_ATTEMPTS):
             try:
                 await store.wait_until(due)

@@ -53,6 +53,7 @@ COUNTERS = (
     "sync_timeouts",
     "callbacks",
     "callback_errors",
+    "callbacks_dropped",
     "image_gets",
     "video_gets",
 )
@@ -267,6 +268,8 @@ class Store:
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
         self.tasks_per_prompt: dict[str, int] = {}
         self.callbacks: list[CallbackRecord] = []
+        #: Callbacks still to drop (`drop_callbacks`).
+        self.callbacks_to_drop = 0
         self.png_cache: OrderedDict[tuple[str, int, int, int], bytes] = OrderedDict()
         self._salts: dict[tuple[str, str], int] = {}
         self._closing: anyio.Event | None = None
@@ -386,6 +389,18 @@ class Store:
 
     # --- callbacks ---
 
+    def drop_callbacks(self, count: int) -> None:
+        """Make the next *count* callbacks due go unsent (every attempt of each), as if lost."""
+        self.callbacks_to_drop += count
+
+    def take_drop(self) -> bool:
+        """Whether the callback now due is to be dropped (counted in ``callbacks_dropped``)."""
+        if self.callbacks_to_drop <= 0:
+            return False
+        self.callbacks_to_drop -= 1
+        self.count("callbacks_dropped")
+        return True
+
     async def deliver(self, url: str, events: Sequence[tuple[float, JSON]]) -> None:
         """POST each event's body to *url* when its time comes (stops quietly on shutdown)."""
         for when, body in events:
@@ -393,7 +408,8 @@ class Store:
                 await self.wait_until(when)
             except Closing:
                 return
-            await self.post_callback(url, body)
+            if not self.take_drop():
+                await self.post_callback(url, body)
 
     async def post_callback(
         self, url: str, body: JSON, *, headers: Mapping[str, str] | None = None
