@@ -151,7 +151,7 @@ class _Receipt(msgspec.Struct):
 
 
 class _MultiFetch(msgspec.Struct):
-    data: dict[str, msgspec.Raw | None] = {}
+    data: dict[str, msgspec.Raw] = {}
 
 
 _encoder = msgspec.json.Encoder()
@@ -337,7 +337,7 @@ class GoapiProvider:
             data = _multi_decoder.decode(body).data
         except _UNDECODABLE as exc:
             raise ResponseDecodeError(f"undecodable multi_fetch answer: {_reason(exc)}", body=body) from exc
-        return {task_id: bytes(raw) for task_id, raw in data.items() if raw is not None and raw != b"null"}
+        return {task_id: bytes(raw) for task_id, raw in data.items() if bytes(raw) != b"null"}
 
     def task_state(self, record: TaskRecord[Any]) -> TaskState:
         """Where a task stands: `finished` and `failed` end it; unknown states read as queued."""

@@ -22,6 +22,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--speed", type=float, default=2.0, help="seconds each emulated job takes (default: %(default)s)"
     )
     demo.add_argument("--prompt", default="Lamborghini speeds inside a volcano", help="the prompt to imagine")
+    demo.add_argument(
+        "--provider",
+        choices=("acedata", "goapi"),
+        default="acedata",
+        help="which provider's API the emulator speaks to the client (default: %(default)s)",
+    )
     batch = commands.add_parser("batch", help="run a file of prompts, resumably (see `mjasync batch --help`)")
     if args[:1] == ["batch"]:
         # Only `batch` itself needs its heavier module to describe its arguments.
@@ -40,7 +46,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if options.command == "demo":
         from ._demo import run_demo
 
-        return run_demo(out=options.out, speed=options.speed, prompt=options.prompt)
+        return run_demo(
+            out=options.out, speed=options.speed, prompt=options.prompt, provider=options.provider
+        )
     if options.command == "batch":
         from ._batch import run_batch
 

@@ -168,6 +168,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     connection = parser.add_argument_group("service")
     connection.add_argument(
+        "--provider",
+        choices=("acedata", "goapi"),
+        default="acedata",
+        help="the API's provider (default: %(default)s)",
+    )
+    connection.add_argument(
         "--base-url", metavar="URL", help="API origin (default: $MJASYNC_BASE_URL, else AceData's)"
     )
     connection.add_argument(
@@ -239,7 +245,11 @@ def _run_batch(args: argparse.Namespace) -> int:
         ):
             raise InputError(f"no API key: pass --api-key or set {ENV_API_KEY} (or {ENV_API_KEY_FALLBACK})")
         # A client made here checks the key and URL too; it only builds jobs, so it never connects.
-        builder = None if args.emulator else mjasync.Client(api_key=args.api_key, base_url=args.base_url)
+        builder = (
+            mjasync.Client(api_key="validation-only", base_url="http://127.0.0.1", provider=args.provider)
+            if args.emulator
+            else mjasync.Client(api_key=args.api_key, base_url=args.base_url, provider=args.provider)
+        )
         validate_jobs(jobs, source=args.input, mode=args.mode, builder=builder)
     except (InputError, InvalidRequestError) as exc:
         return _usage(str(exc))
@@ -342,6 +352,7 @@ async def _run(
         mj = mjasync.Client(
             api_key=api_key,
             base_url=base_url,
+            provider=args.provider,
             wait_via=options.via,
             poll=mjasync.PollPolicy(
                 initial_interval=args.poll_interval, max_interval=max(10.0, args.poll_interval)

@@ -160,7 +160,9 @@ class BatchRun:
         if isinstance(plan, Resume):
             return self._mj.task(plan.task_id)
         if unit.upscale and parent is None:
-            parent = self._journal.state(unit.job.key).image_id
+            grid = self._journal.state(unit.job.key)
+            # The journal keeps both ids; the provider says which one a follow-up names.
+            parent = self._mj.follow_up_id(ImagineResult(task_id=grid.task_id, image_id=grid.image_id))
         try:
             job = self._build(unit, parent)
         except InvalidRequestError as exc:

@@ -15,13 +15,13 @@ from ._progress import ProgressView
 __all__ = ["run_demo"]
 
 
-def run_demo(*, out: str, speed: float, prompt: str) -> int:
+def run_demo(*, out: str, speed: float, prompt: str, provider: str = "acedata") -> int:
     """Run the demo; return the exit status."""
     if speed < 0:
         print("error: --speed must be >= 0", file=sys.stderr)
         return 2
     try:
-        paths = anyio.run(_demo, Path(out), speed, prompt, backend="asyncio")
+        paths = anyio.run(_demo, Path(out), speed, prompt, provider, backend="asyncio")
     except mjasync.MJError as exc:
         print(f"demo failed: {exc}", file=sys.stderr)
         return 1
@@ -31,10 +31,16 @@ def run_demo(*, out: str, speed: float, prompt: str) -> int:
     return 0
 
 
-async def _demo(out: Path, speed: float, prompt: str) -> list[Path]:
+#: Providers that stream progress need no polling; for the others, poll often: the jobs are short.
+_DEMO_POLL = mjasync.PollPolicy(initial_interval=0.2, factor=1.2, max_interval=0.5)
+
+
+async def _demo(out: Path, speed: float, prompt: str, provider: str) -> list[Path]:
     async with Emulator(speed=speed) as emulator:
-        print(f"Embedded emulator on {emulator.url} (nothing leaves this machine)")
-        async with mjasync.Client(api_key=DEFAULT_TOKEN, base_url=emulator.url) as mj:
+        print(f"Embedded emulator on {emulator.url} (nothing leaves this machine), speaking {provider}")
+        async with mjasync.Client(
+            api_key=DEFAULT_TOKEN, base_url=emulator.url, provider=provider, poll=_DEMO_POLL
+        ) as mj:
             with ProgressView() as view:
                 grid = await _step(view, "imagine", mj.imagine(prompt))
                 variations = await _step(view, "variation2", mj.variation(grid, 2))

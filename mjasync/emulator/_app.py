@@ -14,7 +14,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from ._images import placeholder_mp4, render_png
-from ._store import STORE_KEY, APIError, Closing, RecordedRequest, Store
+from ._store import LOOKUP_PATHS, STORE_KEY, APIError, Closing, RecordedRequest, Store
 
 __all__ = [
     "HTTP_URL",
@@ -149,6 +149,8 @@ async def _api(request: web.Request, handler: Handler) -> web.StreamResponse:
     )
     store.requests.append(entry)
     store.count("requests")
+    if request.path in LOOKUP_PATHS:
+        store.count("polls")
     response = await _guarded(request, handler, store, entry, spec)
     entry.status = response.status
     return response

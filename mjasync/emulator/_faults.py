@@ -78,7 +78,7 @@ import anyio
 from aiohttp import web
 
 from ._app import Handler, error_for, provider_for
-from ._store import APIError, Store
+from ._store import LOOKUP_PATHS, APIError, Store
 
 __all__ = [
     "FAULT_COUNTERS",
@@ -119,7 +119,7 @@ SUBMIT_PATHS = frozenset(
     | {f"/mj/v2/{name}" for name in ("seed", "inpaint", "outpaint", "pan")}
 )
 #: Task lookups.
-FETCH_PATHS = frozenset({"/midjourney/tasks", "/mj/v2/fetch", "/mj/v2/multi_fetch"})
+FETCH_PATHS = LOOKUP_PATHS
 
 _FAILURES = frozenset({"429", "500", "502", "503", "504", "reset"})
 _ARGS = frozenset(

@@ -51,12 +51,15 @@ COUNTERS = (
     "submits",
     "streams",
     "sync_timeouts",
+    "polls",
     "callbacks",
     "callback_errors",
     "callbacks_dropped",
     "image_gets",
     "video_gets",
 )
+#: Task lookups (a client polling): each request here counts in ``counters["polls"]``.
+LOOKUP_PATHS = frozenset({"/midjourney/tasks", "/mj/v2/fetch", "/mj/v2/multi_fetch"})
 #: Returns the current time in unix seconds; `time.time` unless a test injects its own.
 Clock = Callable[[], float]
 

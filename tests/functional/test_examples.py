@@ -9,10 +9,16 @@ from pathlib import Path
 import pytest
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.py"))
-EXPECTED = {
-    "quickstart.py": "saved",
-    "stream_progress.py": "actions: upscale1",
-    "submit_and_wait.py": "20 jobs finished",
+EXPECTED: dict[str, tuple[str, ...]] = {
+    "quickstart.py": ("saved",),
+    "stream_progress.py": ("actions: upscale1",),
+    "submit_and_wait.py": ("20 jobs finished",),
+    # Awaited by callback: not one poll; with a callback lost, only that job polls, and it still finishes.
+    "webhook_bot.py": (
+        "answered 50/50 users with 0 polls",
+        "with 1 callback(s) dropped: answered 50/50 users with 1 polls",
+        "0 routes left open",
+    ),
 }
 
 
@@ -32,4 +38,20 @@ def test_example_runs(script: Path, tmp_path: Path) -> None:
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
-    assert EXPECTED[script.name] in done.stdout
+    for expected in EXPECTED[script.name]:
+        assert expected in done.stdout
+
+
+def test_webhook_bot_on_acedata(tmp_path: Path) -> None:
+    """The bot example runs on AceData's callbacks too."""
+    script = next(p for p in EXAMPLES if p.name == "webhook_bot.py")
+    done = subprocess.run(
+        [sys.executable, "-W", "error", str(script), "--provider", "acedata"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    for expected in EXPECTED["webhook_bot.py"]:
+        assert expected in done.stdout
