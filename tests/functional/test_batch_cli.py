@@ -595,3 +595,30 @@ def test_load_jobs_keys_are_stable_and_follow_the_line(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"jobs\.jsonl:1:"):
         jsonl.write_text("[1, 2]\n")
         load_jobs(jsonl)
+
+
+def test_goapi_batch_then_upscales_added_on_a_rerun_name_their_grids_by_task_id(tmp_path: Path) -> None:
+    """`--provider goapi`: every grid ends ok once; upscales added by a later run find their parent grid
+    through the journal (by GoAPI's task id, not the image_id) and are billed once each."""
+    source, prompts = write_prompts(tmp_path, 4)
+    out = tmp_path / "out"
+    with emulator(speed=0.2) as url:
+        base = (str(source), "--out", str(out), "--base-url", url, "--provider", "goapi", *FAST)
+        done = run_batch(tmp_path, *base)
+        assert done.returncode == 0, done.stderr
+        assert "4/4 jobs ended (4 ok, 0 failed)" in done.stdout
+        grids = {line["key"]: line for line in assert_each_key_once(out, txt_keys(source))}
+
+        more = run_batch(tmp_path, *base, "--upscale", "3")
+        assert more.returncode == 0, more.stderr
+        assert "8/8 jobs ended (8 ok, 0 failed)" in more.stdout
+        lines = assert_each_key_once(out, txt_keys(source, (3,)))
+        assert_images(out, lines)
+        assert Counter(line["action"] for line in lines) == {"imagine": 4, "upscale3": 4}
+        assert_billed_once(url, prompts, upscales=4)
+        assert EMULATOR_TOKEN not in done.stdout + done.stderr + more.stdout + more.stderr
+        # Each upscale's result names its own task, distinct from its grid's.
+        for line in lines:
+            if line["action"] == "upscale3":
+                grid = grids[line["key"].removesuffix("/upscale3")]
+                assert line["task_id"] and line["task_id"] != grid["task_id"]

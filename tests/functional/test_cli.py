@@ -61,6 +61,24 @@ def test_demo_writes_four_pngs_and_exits_0(tmp_path: Path) -> None:
     assert_demo_pngs(out)
 
 
+def test_demo_on_goapi_writes_the_same_four_pngs(tmp_path: Path) -> None:
+    """`mjasync demo --provider goapi` runs the flow over the emulator's GoAPI side (`/mj/v2/*`)."""
+    out = tmp_path / "out"
+    done = run_demo(tmp_path, "--speed", "0.3", "--out", str(out), "--provider", "goapi")
+    assert done.returncode == 0, done.stderr
+    assert "speaking goapi" in done.stdout
+    assert f"Wrote 4 PNGs to {out.resolve()}:" in done.stdout
+    assert_demo_pngs(out)
+
+
+def test_demo_refuses_an_unknown_provider(tmp_path: Path) -> None:
+    """An unknown `--provider` is a usage error (exit 2) that names the choices, and writes nothing."""
+    done = run_demo(tmp_path, "--provider", "midjourney-dot-com", "--out", str(tmp_path / "out"))
+    assert done.returncode == 2
+    assert "acedata" in done.stderr and "goapi" in done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_demo_in_an_empty_folder_uses_its_default_out(tmp_path: Path) -> None:
     """With no --out, as on a fresh clone, the demo writes ./mjasync-demo under the working directory."""
     done = run_demo(tmp_path, "--speed", "0")
