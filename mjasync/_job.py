@@ -111,9 +111,12 @@ class Job(Generic[R]):
         to its result.
         """
         core = self._core
+        asked = via
         via = via or core.wait_via
         if via not in ("stream", "poll", "sync", "callback"):
             raise InvalidRequestError(f"via must be 'stream', 'poll', 'sync' or 'callback', not {via!r}")
+        if via == "callback" and asked is None and self._request.callback_url is not None:
+            via = "poll"  # the client's default; this job's callbacks go to your own URL
         if via == "callback":
             if core.callbacks is None:
                 raise InvalidRequestError(
@@ -150,8 +153,8 @@ class Job(Generic[R]):
 
         If the stream breaks after its first line, the same iterator carries on by polling the task:
         no second submit, no duplicate updates. A provider without streams is followed by polling
-        from the start; with a `WebhookReceiver` on the client, progress callbacks feed the iterator
-        instead, and polling is only the fallback.
+        from the start. With a `WebhookReceiver` on the client, the job is submitted with a callback
+        and its progress callbacks feed the iterator; polling is only the fallback.
         """
         self._claim()
         core = self._core

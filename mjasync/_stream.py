@@ -138,7 +138,9 @@ class JobStream(Generic[R]):
 
     async def _open(self) -> None:
         core = self._core
-        if not core.provider.streams:
+        if not core.provider.streams or self._inbox is not None:
+            # With a callback the provider answers with a task id at once and sends the progress
+            # there (AceData: every ndjson line; GoAPI: `notify_progress`).
             await self._submit_to_follow()
             return
         timeout = core.transport.client_timeout(read=core.transport.timeouts.stream_read)
@@ -156,7 +158,7 @@ class JobStream(Generic[R]):
         self._reader = LineReader(answer, max_line_bytes=core.max_line_bytes, request=f"POST {self._path}")
 
     async def _submit_to_follow(self) -> None:
-        """For a provider without streams: submit, then follow the task (by callback or by polling)."""
+        """Submit, then follow the task by callback or by polling (no progress stream to read)."""
         core = self._core
         answer, retries = await submit_with_retries(
             core, lambda: core.transport.post(self._path, self._body, headers=self._headers), self._request

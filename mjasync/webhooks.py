@@ -26,6 +26,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Final
 
+import anyio
 from aiohttp import web
 
 from ._callbacks import CallbackInbox
@@ -41,6 +42,9 @@ DEFAULT_MAX_BODY_BYTES: Final = 256 * 1024
 #: is used when it has one).
 DEFAULT_ROUTE_TTL: Final = 24 * 3600.0
 _CHUNK: Final = 16 * 1024
+#: What is read and dropped of a refused body before the connection closes (see `_answer_unread`).
+_DRAIN_BYTES: Final = 1024 * 1024
+_DRAIN_SECONDS: Final = 1.0
 
 
 @dataclass
@@ -189,7 +193,7 @@ class WebhookReceiver:
 
     # -- the handler ------------------------------------------------------------------------------
 
-    async def handle(self, request: web.Request) -> web.Response:
+    async def handle(self, request: web.Request) -> web.StreamResponse:
         """Take one callback POST."""
         stats = self._stats
         stats.received += 1
@@ -198,18 +202,18 @@ class WebhookReceiver:
         wants_secret = route is not None and route.inbox.secret_header is not None
         if (given is not None or wants_secret) and not _same_secret(given or "", self._secret):
             stats.rejected += 1
-            return _refuse(401, "wrong or missing webhook secret")
+            return await _answer_unread(request, _refuse(401, "wrong or missing webhook secret"))
         declared = request.content_length
         if declared is not None and declared > self._max_body_bytes:
             stats.rejected += 1
-            return _refuse(413, f"body over {self._max_body_bytes} bytes")
+            return await _answer_unread(request, _refuse(413, f"body over {self._max_body_bytes} bytes"))
         if route is None or route.expires_at <= time.monotonic():
             stats.ignored += 1
-            return _ignored()
+            return await _answer_unread(request, _ignored())
         body = await self._read(request)
         if body is None:
             stats.rejected += 1
-            return _refuse(413, f"body over {self._max_body_bytes} bytes")
+            return await _answer_unread(request, _refuse(413, f"body over {self._max_body_bytes} bytes"))
         try:
             taken = route.inbox.deliver(body)
         except MJError:
@@ -239,9 +243,28 @@ def _same_secret(given: str, expected: str) -> bool:
 
 
 def _refuse(status: int, message: str) -> web.Response:
-    response = web.json_response({"status": "rejected", "message": message}, status=status)
-    # Close rather than drain: an oversized or unauthenticated body is not worth reading.
+    return web.json_response({"status": "rejected", "message": message}, status=status)
+
+
+async def _answer_unread(request: web.Request, response: web.Response) -> web.StreamResponse:
+    """Answer a request whose body we will not read, then close the connection instead of reading it.
+
+    Left alone, aiohttp would read and discard the rest of the body after the handler returns. A
+    close with data still unread makes the kernel reset the connection, which can destroy the answer
+    before the sender reads it; so a little (`_DRAIN_BYTES`, `_DRAIN_SECONDS`) is read and dropped
+    first, enough for a well-behaved sender to see the answer and stop.
+    """
     response.force_close()
+    await response.prepare(request)
+    await response.write_eof()
+    with anyio.move_on_after(_DRAIN_SECONDS):
+        drained = 0
+        while drained < _DRAIN_BYTES:
+            chunk = await request.content.readany()
+            if not chunk:
+                break
+            drained += len(chunk)
+    request.protocol.force_close()
     return response
 
 
