@@ -11,7 +11,7 @@ import anyio
 from ._attempts import KnownTasks, Resumed, call_with_retries, submit_with_retries, with_retries_taken
 from ._callbacks import CallbackFollower, CallbackInbox, CallbackRouter
 from ._config import DEFAULT_SERVER_TIMEOUT, PollPolicy, RetryPolicy
-from ._exceptions import InvalidRequestError, ResponseDecodeError
+from ._exceptions import InvalidRequestError, ResponseDecodeError, StreamInterruptedError
 from ._limiter import JobLimiter
 from ._models.requests import JobRequest
 from ._models.results import Result
@@ -135,7 +135,12 @@ class Job(Generic[R]):
                     if on_task_id is not None and not reported and updates.task_id:
                         reported = True
                         on_task_id(updates.task_id)
-            assert updates.final is not None  # the stream raises when it ends without one
+            if updates.final is None:
+                raise StreamInterruptedError(
+                    "the updates ended without a final result",
+                    task_id=updates.task_id,
+                    last_update=updates.last,
+                )
             return updates.final
         async with self._core.limiter.slot(self):
             if via in ("poll", "callback"):

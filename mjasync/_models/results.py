@@ -87,7 +87,8 @@ class ImagineResult(_ImageFields, kw_only=True, frozen=True, gc=False):
     def is_final(self) -> bool:
         """Final means progress 100 with a non-empty `actions` list (`image_id` changes on every update)."""
         if self.finished is not None:
-            return self.finished and not self.failed and self.image_id is not None
+            # The provider said so; its follow-ups name the task, so no image_id is needed.
+            return self.finished and not self.failed
         return (
             not self.failed
             and bool(self.actions)

@@ -112,6 +112,8 @@ _STATUS_CLASSES: Final[dict[int, type[APIStatusError]]] = {
 _RUNNING: Final = frozenset({"processing"})
 _QUEUED: Final = frozenset({"pending", "staged", "retry", "starting"})
 _KEYCAP: Final = re.compile(r"^\s*\d\ufe0f?\u20e3\s*")
+#: Where a numbered prompt starts: a keycap digit at the start of a line.
+_KEYCAP_START: Final = re.compile(r"(?:^|\n)\s*(?=\d\ufe0f?\u20e3)")
 
 
 class _TaskResult(msgspec.Struct):
@@ -195,7 +197,8 @@ class GoapiProvider:
         if not isinstance(request, ImagineRequest):
             return
         for field, feature in _UNSUPPORTED_FIELDS:
-            if getattr(request, field) is not None:
+            # `False` asks for nothing GoAPI lacks; any other value does.
+            if getattr(request, field) not in (None, False):
                 raise UnsupportedFeatureError(self.name, feature)
         if request.action != "generate" and request.action not in _FOLLOW_UPS:
             raise UnsupportedFeatureError(self.name, f"the {request.action!r} action")
@@ -483,8 +486,11 @@ def _convert(kind: type[R], task: _Task, raw: dict[str, Any]) -> R:
 
 
 def _descriptions(text: str) -> list[str]:
-    """Describe's four prompts from the bot's numbered text ("1️⃣ ...\\n\\n2️⃣ ...")."""
-    return [_KEYCAP.sub("", part).strip() for part in re.split(r"\n\s*\n", text) if part.strip()]
+    """Describe's four prompts from the bot's numbered text ("1️⃣ ...\\n\\n2️⃣ ..."); unnumbered text
+    is split at blank lines."""
+    numbered = _KEYCAP_START.split(text)
+    parts = numbered[1:] if len(numbered) > 1 else re.split(r"\n\s*\n", text)
+    return [_KEYCAP.sub("", part).strip() for part in parts if part.strip()]
 
 
 def _error_message(body: bytes) -> str | None:
