@@ -4,7 +4,9 @@ A failure is sorted by the phase the request reached, because a Midjourney submi
 no idempotency key: sending it twice can pay twice.
 
 - `not_sent`: the request never left (connect failed). Safe to send again.
-- `rejected`: the provider turned it away before accepting it (429, 408). Safe, after Retry-After.
+- `rejected`: the provider turned it away before accepting it (429, 408, and a 503 that says when to
+  come back with Retry-After: an overloaded server shedding load, not a failure mid-work). Safe,
+  after Retry-After.
 - `unknown`: it may have been received (the connection died after sending, a read timed out, a 5xx).
   Safe to repeat for idempotent calls; a submit must be looked up first.
 - `fatal`: the provider refused it for good (400, 401, 403, 404, ...). Never retried.
@@ -43,6 +45,8 @@ def phase_of(error: BaseException) -> Phase:
         return "rejected"
     if isinstance(error, APIStatusError):
         if error.status in _REJECTED_STATUSES:
+            return "rejected"
+        if error.status == 503 and error.retry_after is not None:
             return "rejected"
         if error.status >= 500:
             return "unknown"

@@ -87,12 +87,17 @@ class Transport:
         key with JSON escapes (`\\u002d`) that only decoding turns back into the key.
         """
         error = self._error_for_status(status, headers, self.scrub(body), request=request)
+        # Headers (a trace id taken from `x-request-id`) can echo the key too.
         for secret in self._secrets:
-            text = secret.decode()
+            text, hidden = secret.decode(), _REDACTED.decode()
             if text in error.message:
-                error.message = error.message.replace(text, _REDACTED.decode())
+                error.message = error.message.replace(text, hidden)
             if error.body and text in error.body:
-                error.body = error.body.replace(text, _REDACTED.decode())
+                error.body = error.body.replace(text, hidden)
+            if error.trace_id and text in error.trace_id:
+                error.trace_id = error.trace_id.replace(text, hidden)
+            if error.code and text in error.code:
+                error.code = error.code.replace(text, hidden)
         return error
 
     async def post(

@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from mjasync._retry import MAX_RETRY_AFTER, parse_retry_after
+import mjasync
+from mjasync._retry import MAX_RETRY_AFTER, parse_retry_after, phase_of
 
 NOW = 1_714_000_000.0  # a fixed "now" for HTTP dates (2024-04-24)
 
@@ -226,3 +227,23 @@ def test_any_http_date_is_its_distance_from_now(when: datetime, cap: float) -> N
 def test_any_delay_seconds_is_taken_up_to_the_cap(digits: str, cap: float) -> None:
     assert parse({"Retry-After": digits}, cap=cap) == min(float(digits), cap)
     assert parse({"retry-after-ms": digits}, cap=cap) == min(float(digits) / 1000, cap)
+
+
+@pytest.mark.parametrize(
+    ("error", "phase"),
+    [
+        (mjasync.RateLimitError("slow down", status=429), "rejected"),
+        (mjasync.APIStatusError("timeout", status=408), "rejected"),
+        # A 503 that says when to come back is load shedding: nothing was taken on.
+        (mjasync.ServerError("busy", status=503, retry_after=2.0), "rejected"),
+        (mjasync.ServerError("busy", status=503), "unknown"),
+        (mjasync.ServerError("oops", status=500, retry_after=2.0), "unknown"),
+        (mjasync.GatewayTimeoutError("late", status=504), "unknown"),
+        (mjasync.APIConnectionError("dropped", may_have_reached_server=True), "unknown"),
+        (mjasync.APIConnectionError("refused", may_have_reached_server=False), "not_sent"),
+        (mjasync.BadRequestError("no", status=400), "fatal"),
+        (mjasync.AuthenticationError("who", status=401), "fatal"),
+    ],
+)
+def test_phase_of_sorts_failures_by_how_far_the_request_got(error: mjasync.MJError, phase: str) -> None:
+    assert phase_of(error) == phase
