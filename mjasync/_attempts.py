@@ -40,6 +40,7 @@ __all__ = [
     "call_with_retries",
     "find_submitted",
     "reconcile_submit",
+    "submit_for_task_id",
     "submit_with_retries",
     "with_retries_taken",
 ]
@@ -116,6 +117,25 @@ async def submit_with_retries(
                 # Proven (or, by policy, assumed) that no task was made: a retry cannot pay twice.
             await _back_off_or_raise(core, error, attempt)
         attempt += 1
+
+
+async def submit_for_task_id(
+    core: Core, path: str, body: bytes, headers: dict[str, str] | None, request: AnyRequest
+) -> tuple[str, int]:
+    """POST an asynchronous submit and return the provider's task id for it, and the retries taken.
+
+    The id comes from the answer, or from the provider's records when the answer was lost; either
+    way this client holds it from now on.
+    """
+    answer, retries = await submit_with_retries(
+        core, lambda: core.transport.post(path, body, headers=headers), request
+    )
+    if isinstance(answer, Resumed):
+        task_id = answer.task_id
+    else:
+        task_id = core.provider.decode_receipt(answer.body, request=f"POST {path}")
+    core.known_tasks.add(task_id)
+    return task_id, retries
 
 
 async def _back_off_or_raise(core: Core, error: MJError, attempt: int) -> None:

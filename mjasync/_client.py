@@ -15,7 +15,7 @@ import aiohttp
 import anyio
 import msgspec
 
-from ._attempts import Resumed, call_with_retries, find_submitted, submit_with_retries
+from ._attempts import call_with_retries, find_submitted, submit_for_task_id
 from ._batch import Outcomes, run_many
 from ._callbacks import CallbackRouter
 from ._config import (
@@ -767,14 +767,7 @@ class Client:
         """A short call the provider runs as a task (GoAPI's describe and seed): submit once, then wait."""
         core = self._core
         async with core.limiter.slot(request):
-            answer, retries = await submit_with_retries(
-                core, lambda: core.transport.post(path, body), request
-            )
-            if isinstance(answer, Resumed):
-                task_id = answer.task_id
-            else:
-                task_id = self._provider.decode_receipt(answer.body, request=f"POST {path}")
-            core.known_tasks.add(task_id)
+            task_id, retries = await submit_for_task_id(core, path, body, None, request)
             handle = TaskHandle(
                 core, kind, task_id, first_poll_delay=core.poll.initial_interval, retries_taken=retries
             )

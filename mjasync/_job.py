@@ -8,7 +8,14 @@ from typing import Any, Generic, TypeVar
 
 import anyio
 
-from ._attempts import KnownTasks, Resumed, call_with_retries, submit_with_retries, with_retries_taken
+from ._attempts import (
+    KnownTasks,
+    Resumed,
+    call_with_retries,
+    submit_for_task_id,
+    submit_with_retries,
+    with_retries_taken,
+)
 from ._callbacks import CallbackFollower, CallbackInbox, CallbackRouter
 from ._config import DEFAULT_SERVER_TIMEOUT, PollPolicy, RetryPolicy
 from ._exceptions import InvalidRequestError, ResponseDecodeError, StreamInterruptedError
@@ -17,7 +24,7 @@ from ._models.requests import JobRequest
 from ._models.results import Result
 from ._models.task import TaskRecord
 from ._poller import PollCursor, TaskPoller
-from ._providers import Provider
+from ._providers import CallbackTarget, Provider
 from ._stream import JobStream
 from ._transport import Transport
 from ._types import NOT_GIVEN, NotGiven, WaitVia
@@ -46,7 +53,7 @@ class Core:
 
     def open_inbox(
         self, kind: type[R], request: JobRequest, *, progress: bool
-    ) -> tuple[CallbackInbox[R] | None, Any, Callable[[], None]]:
+    ) -> tuple[CallbackInbox[R] | None, CallbackTarget | None, Callable[[], None]]:
         """An inbox, its callback target and its closer, when this job can hear by callback.
 
         Not when there is no router, or when the request names its own `callback_url` (yours wins).
@@ -186,17 +193,10 @@ class Job(Generic[R]):
         via: WaitVia = "callback" if target is not None else "poll"
         path, body, headers = core.provider.job_request(self._request, via=via, callback=target)
         try:
-            answer, retries = await submit_with_retries(
-                core, lambda: core.transport.post(path, body, headers=headers), self._request
-            )
-            if isinstance(answer, Resumed):
-                task_id = answer.task_id
-            else:
-                task_id = core.provider.decode_receipt(answer.body, request=f"POST {path}")
+            task_id, retries = await submit_for_task_id(core, path, body, headers, self._request)
         except BaseException:
             close()
             raise
-        core.known_tasks.add(task_id)
         if inbox is not None:
             inbox.expect(task_id)
         return TaskHandle(

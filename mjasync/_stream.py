@@ -7,7 +7,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Generic, TypeVar
 
-from ._attempts import Resumed, reconcile_submit, submit_with_retries, with_retries_taken
+from ._attempts import Resumed, reconcile_submit, submit_for_task_id, submit_with_retries, with_retries_taken
 from ._callbacks import CallbackFollower, CallbackInbox
 from ._exceptions import (
     APIConnectionError,
@@ -160,15 +160,10 @@ class JobStream(Generic[R]):
     async def _submit_to_follow(self) -> None:
         """Submit, then follow the task by callback or by polling (no progress stream to read)."""
         core = self._core
-        answer, retries = await submit_with_retries(
-            core, lambda: core.transport.post(self._path, self._body, headers=self._headers), self._request
+        task_id, retries = await submit_for_task_id(
+            core, self._path, self._body, self._headers, self._request
         )
         self._retries += retries
-        if isinstance(answer, Resumed):
-            task_id = answer.task_id
-        else:
-            task_id = core.provider.decode_receipt(answer.body, request=f"POST {self._path}")
-        core.known_tasks.add(task_id)
         self._follow(task_id, first_poll_delay=core.poll.initial_interval)
 
     async def _next_streamed(self) -> R | None:

@@ -203,3 +203,24 @@ def jpeg_mask_b64(width: int = 256, height: int = 256) -> str:
     """Base64 of a grayscale JPEG, black with a white centre to repaint (what the guide's cv2 code makes)."""
     centre = (width // 4, height // 4, width * 3 // 4, height * 3 // 4)
     return mask_b64(centre, size=(width, height), image_format="JPEG")
+
+
+class Target:
+    """Another origin on loopback that records the headers of every request it gets (and answers a PNG)."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict[str, str]] = []
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.seen.append({k.lower(): v for k, v in request.headers.items()})
+        return web.Response(body=b"\x89PNG\r\n\x1a\n" + b"0" * 64, content_type="image/png")
+
+
+@asynccontextmanager
+async def target_on(host: str) -> AsyncIterator[tuple[Target, int]]:
+    """A `Target` served on `host`, and its port."""
+    target = Target()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", target.handle)
+    async with serving(app, host=host) as port:
+        yield target, port

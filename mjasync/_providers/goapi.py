@@ -160,7 +160,6 @@ _encoder = msgspec.json.Encoder()
 _dict_decoder = msgspec.json.Decoder(dict[str, Any])
 _receipt_decoder = msgspec.json.Decoder(_Receipt, strict=False)
 _multi_decoder = msgspec.json.Decoder(_MultiFetch)
-_id_decoder = msgspec.json.Decoder(_Receipt, strict=False)
 _any_decoder = msgspec.json.Decoder()
 _UNDECODABLE = (msgspec.DecodeError, msgspec.ValidationError, RecursionError)
 
@@ -216,7 +215,7 @@ class GoapiProvider:
         del via  # one way only: a task, then fetch or webhooks
         self.check(request)
         assert isinstance(request, ImagineRequest)
-        body = _job_body(request)
+        endpoint, body = _job_body(request)
         if callback is not None:
             body["webhook_endpoint"] = callback.url
             body["webhook_secret"] = callback.secret
@@ -224,7 +223,6 @@ class GoapiProvider:
                 body["notify_progress"] = True
         elif request.callback_url is not None:
             body["webhook_endpoint"] = request.callback_url
-        endpoint = body.pop("_endpoint")
         return f"{PREFIX}/{endpoint}", _encoder.encode(body), {"accept": "application/json"}
 
     def call_request(self, request: AnyRequest) -> tuple[str, bytes, type[Result], bool]:
@@ -272,7 +270,12 @@ class GoapiProvider:
 
     def decode_result(self, kind: type[R], body: bytes, *, request: str | None = None) -> R:
         """A result from a task object."""
-        return self._result(kind, self._task(body, request=request))
+        try:
+            task, raw = self._task_and_raw(body)
+        except ResponseDecodeError as exc:
+            exc.request = request
+            raise
+        return _convert(kind, task, raw)
 
     def decode_update(self, kind: type[R], line: bytes, line_number: int) -> R:
         """Never asked: GoAPI has no ndjson."""
@@ -332,7 +335,7 @@ class GoapiProvider:
         """Each task object in a fetch or multi_fetch answer, undecoded, by task id."""
         if not batch:
             try:
-                task_id = _id_decoder.decode(body).task_id
+                task_id = _receipt_decoder.decode(body).task_id
             except _UNDECODABLE as exc:
                 raise ResponseDecodeError(f"undecodable task object: {_reason(exc)}", body=body) from exc
             return {task_id: bytes(body)} if task_id else {}
@@ -387,13 +390,6 @@ class GoapiProvider:
 
     # -- helpers ----------------------------------------------------------------------------------
 
-    def _task(self, body: bytes, *, request: str | None = None) -> tuple[_Task, dict[str, Any]]:
-        try:
-            return self._task_and_raw(body)
-        except ResponseDecodeError as exc:
-            exc.request = request
-            raise
-
     def _task_and_raw(self, body: bytes) -> tuple[_Task, dict[str, Any]]:
         try:
             raw = _dict_decoder.decode(body)
@@ -401,39 +397,35 @@ class GoapiProvider:
         except _UNDECODABLE as exc:
             raise ResponseDecodeError(f"undecodable task object: {_reason(exc)}", body=bytes(body)) from exc
 
-    def _result(self, kind: type[R], decoded: tuple[_Task, dict[str, Any]]) -> R:
-        task, raw = decoded
-        return _convert(kind, task, raw)
 
-
-def _job_body(request: ImagineRequest) -> dict[str, Any]:
-    """The GoAPI body of a neutral imagine request, with its endpoint under `_endpoint`."""
+def _job_body(request: ImagineRequest) -> tuple[str, dict[str, Any]]:
+    """The GoAPI endpoint and body of a neutral imagine request."""
     body: dict[str, Any]
     if request.action == "generate" and request.blend_urls is not None:
-        body = {"_endpoint": "blend", "image_urls": list(request.blend_urls)}
+        body = {"image_urls": list(request.blend_urls)}
         if request.dimension is not None:
             body["dimension"] = request.dimension
         if request.mode is not None:
             body["process_mode"] = request.mode
-        return body
+        return "blend", body
     if request.action == "generate":
-        body = {"_endpoint": "imagine", "prompt": request.prompt or ""}
+        body = {"prompt": request.prompt or ""}
         if request.mode is not None:
             body["process_mode"] = request.mode
         if request.aspect_ratio is not None:
             body["aspect_ratio"] = request.aspect_ratio
         if request.skip_prompt_check is not None:
             body["skip_prompt_check"] = request.skip_prompt_check
-        return body
+        return "imagine", body
     endpoint, extra = _FOLLOW_UPS[request.action]
-    body = {"_endpoint": endpoint, "origin_task_id": request.image_id or "", **extra}
+    body = {"origin_task_id": request.image_id or "", **extra}
     if request.prompt is not None and endpoint in _PROMPTED:
         body["prompt"] = request.prompt
     if request.mask is not None:
         body["mask"] = request.mask
     if request.skip_prompt_check is not None:
         body["skip_prompt_check"] = request.skip_prompt_check
-    return body
+    return endpoint, body
 
 
 def _blend_extras(request: ImagineRequest) -> list[str]:

@@ -50,8 +50,6 @@ AMBIGUOUS_STATUSES = frozenset(s for s, kind in KIND_OF_STATUS.items() if kind i
 #: Refusals: nothing was made, so the submit is sent again.
 REFUSED_STATUSES = frozenset({429, 503})
 REFUSED_KINDS = frozenset(KIND_OF_STATUS[s] for s in REFUSED_STATUSES)
-#: Statuses on a submit that may end a job ambiguous though nothing was made: none.
-KNOWN_BUG_STATUSES: frozenset[int | None] = frozenset()
 #: Seconds a job takes in the emulator: long enough that most jobs are polled more than once.
 SPEED = 0.05
 #: A webhook that has not come within `callback_grace` (less than a job takes) is looked for by polling,
@@ -220,11 +218,8 @@ def check_faults(run: Run, *, lookup_faults: int) -> None:
     assert failed_submits == failing, (failed_submits, failing)
 
 
-def check_outcomes(run: Run, *, tolerated: frozenset[int | None] = KNOWN_BUG_STATUSES) -> Counter[str]:
-    """Each job ended with its own result, or with the error its faults force; nothing paid twice.
-
-    `tolerated`: statuses on a submit that may (wrongly) end a job ambiguous.
-    """
+def check_outcomes(run: Run) -> Counter[str]:
+    """Each job ended with its own result, or with the error its faults force; nothing paid twice."""
     prompts = run.prompts
     assert sorted(o.index for o in run.outcomes) == list(range(JOBS))
     # --- nothing paid twice ---
@@ -263,7 +258,7 @@ def check_outcomes(run: Run, *, tolerated: frozenset[int | None] = KNOWN_BUG_STA
                 assert result.task_id not in task_ids, "two jobs got the same task"
                 assert result.task_id not in run.lost_tasks
                 task_ids.add(result.task_id)
-        elif last in AMBIGUOUS_STATUSES or last in tolerated:
+        elif last in AMBIGUOUS_STATUSES:
             # Its fate unknown and GoAPI unable to look it up: raised, never sent again.
             assert isinstance(outcome.error, mjasync.AmbiguousSubmitError), f"{prompt!r}: {outcome.error!r}"
             assert outcome.task_id is None

@@ -10,30 +10,10 @@ from aiohttp import web
 
 import mjasync
 
-from ..helpers import serving
+from ..helpers import serving, target_on
 
 SECRET = "sk-redirect-secret-42"
 CREDENTIAL_HEADERS = ("authorization", "x-api-key")
-
-
-class Target:
-    """Another origin on loopback that records every request it gets."""
-
-    def __init__(self) -> None:
-        self.seen: list[dict[str, str]] = []
-
-    async def handle(self, request: web.Request) -> web.Response:
-        self.seen.append({k.lower(): v for k, v in request.headers.items()})
-        return web.Response(body=b"\x89PNG\r\n\x1a\n" + b"0" * 64, content_type="image/png")
-
-
-@asynccontextmanager
-async def target_on(host: str) -> AsyncIterator[tuple[Target, int]]:
-    target = Target()
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", target.handle)
-    async with serving(app, host=host) as port:
-        yield target, port
 
 
 @asynccontextmanager

@@ -20,31 +20,11 @@ from aiohttp import web
 import mjasync
 
 from ..conftest import FAST_POLL, open_connections
-from ..helpers import serving
+from ..helpers import serving, target_on
 
 SECRET = "goapi-redirect-secret-42"
 CREDENTIAL_HEADERS = ("x-api-key", "authorization")
 TASK_ID = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
-
-
-class Target:
-    """Another origin on loopback that records every request it gets (and answers a PNG)."""
-
-    def __init__(self) -> None:
-        self.seen: list[dict[str, str]] = []
-
-    async def handle(self, request: web.Request) -> web.Response:
-        self.seen.append({k.lower(): v for k, v in request.headers.items()})
-        return web.Response(body=b"\x89PNG\r\n\x1a\n" + b"0" * 64, content_type="image/png")
-
-
-@asynccontextmanager
-async def target_on(host: str) -> AsyncIterator[tuple[Target, int]]:
-    target = Target()
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", target.handle)
-    async with serving(app, host=host) as port:
-        yield target, port
 
 
 def _redirect_class(status: int) -> type[web.HTTPException]:
