@@ -2,8 +2,9 @@
 
 The same progress lines (shaped like AceData's recorded stream) are decoded three ways:
 
-- **mjasync**: the bytes cut at random chunk boundaries, split by `NdjsonSplitter` and each line
-  decoded by the provider into an `ImagineResult` (what a stream does per chunk);
+- **mjasync**: the bytes cut at random chunk boundaries and fed to `NdjsonDecoder` with the
+  provider's `decode_updates`/`decode_update`, exactly as a stream's `LineReader` does per chunk (no
+  network): each chunk's whole lines are decoded into `ImagineResult`s in one call;
 - **msgspec, pre-split**: the same lines already split, decoded with a reused msgspec decoder into the
   same Struct (the limit: no splitting at all);
 - **json.loads per line**: the same pre-split lines with the standard library.
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 import msgspec
 
 from mjasync import ImagineResult
-from mjasync._ndjson import NdjsonSplitter
+from mjasync._ndjson import NdjsonDecoder
 from mjasync._providers import AceDataProvider
 
 __all__ = ["DecoderFigure", "make_stream", "run"]
@@ -98,17 +99,15 @@ def run(size: int = 64 * MIB, *, repeats: int = 3) -> list[DecoderFigure]:
     decoder = msgspec.json.Decoder(ImagineResult, strict=False)
 
     def ours() -> int:
-        splitter = NdjsonSplitter()
-        decode = provider.decode_update
+        # Built as `JobStream._open` builds its reader's decoder.
+        decoder = NdjsonDecoder(
+            lambda run: provider.decode_updates(ImagineResult, run),
+            lambda line, number: provider.decode_update(ImagineResult, line, number),
+        )
         count = 0
         for chunk in chunks:
-            for line in splitter.feed(chunk):
-                count += 1
-                decode(ImagineResult, line, count)
-        for line in splitter.finish():
-            count += 1
-            decode(ImagineResult, line, count)
-        return count
+            count += len(decoder.feed(chunk))
+        return count + len(decoder.finish())
 
     def msgspec_presplit() -> int:
         decode = decoder.decode

@@ -3,6 +3,12 @@
 There is no background task: the first waiter of a round leads it. It lingers for a short window so
 that others can join, then fetches every id gathered and hands each waiter its record. A waiter that
 arrives while a fetch is in flight starts (or joins) the next round.
+
+Jobs rarely fall due at the same moment (they were submitted at different times, their intervals
+carry jitter, progress shortens them), so a window alone gathers a few ids per lookup. A round with
+room left therefore also takes the waiters that are still sleeping but within `EARLY_SHARE` of their
+interval from due, soonest due first, up to `max_batch`: their lookup comes a little early, riding in
+a request that goes out anyway, and no lookup ever comes later than it would have.
 """
 
 from __future__ import annotations
@@ -23,12 +29,15 @@ from ._retry import phase_of
 if TYPE_CHECKING:
     from ._job import Core
 
-__all__ = ["PollCursor", "TaskPoller"]
+__all__ = ["EARLY_SHARE", "PollCursor", "TaskPoller"]
 
 R = TypeVar("R", bound=Result)
 
 #: Fetches the records of some task ids: undecoded bodies by task id (missing ids are left out).
 FetchRecords = Callable[[list[str]], Awaitable[dict[str, bytes]]]
+
+#: A waiting job's lookup may come this share of its interval early, in a round that has room.
+EARLY_SHARE = 0.5
 
 
 class _Round:
@@ -42,6 +51,23 @@ class _Round:
         self.error: Exception | None = None
 
 
+class _Sleeper:
+    """A waiter whose lookup is not due yet; a round with room may take it early (then `joined` is set)."""
+
+    __slots__ = ("due", "earliest", "joined", "task_id", "woken")
+
+    def __init__(self, task_id: str, earliest: float, due: float) -> None:
+        self.task_id = task_id
+        self.earliest = earliest
+        self.due = due
+        self.joined: _Round | None = None
+        self.woken = anyio.Event()
+
+
+def _due(sleeper: _Sleeper) -> float:
+    return sleeper.due
+
+
 class TaskPoller:
     """Coalesces concurrent task lookups into batched fetches."""
 
@@ -50,12 +76,27 @@ class TaskPoller:
         self._window = window
         self._max_batch = max_batch
         self._gathering: _Round | None = None
+        #: Waiters not due yet, which a round with room may take early.
+        self._sleeping: dict[_Sleeper, None] = {}
         #: How many fetches have been made, and for how many ids in all (for tests and benchmarks).
         self.fetches = 0
         self.ids_fetched = 0
 
-    async def poll(self, task_id: str) -> bytes | None:
-        """The undecoded record of `task_id`, fetched after this call began; None if the provider has none."""
+    async def poll(self, task_id: str, *, delay: float = 0.0, early: float = 0.0) -> bytes | None:
+        """The undecoded record of `task_id`, fetched `delay` seconds from now; None if the provider has none.
+
+        A round that goes out with room to spare may take it up to `early` seconds sooner (never
+        before this call began); it is never fetched later than `delay` plus the batch window.
+        """
+        if delay > 0:
+            joined = await self._sleep(task_id, delay, min(max(early, 0.0), delay))
+            if joined is not None:
+                await joined.done.wait()
+                if joined.fetched:
+                    return joined.records.get(task_id)
+                if joined.error is not None:
+                    raise joined.error
+                # The round's leader was cancelled before it fetched: take part in a new round.
         while True:
             current = self._gathering
             leading = current is None or len(current.ids) >= self._max_batch
@@ -72,6 +113,36 @@ class TaskPoller:
                 raise current.error
             # The leader was cancelled before it fetched: take part in a new round.
 
+    async def _sleep(self, task_id: str, delay: float, early: float) -> _Round | None:
+        """Sleep until due, unless a round takes this lookup early: then that round."""
+        now = time.monotonic()
+        sleeper = _Sleeper(task_id, now + delay - early, now + delay)
+        self._sleeping[sleeper] = None
+        try:
+            with anyio.move_on_after(delay):
+                await sleeper.woken.wait()
+        finally:
+            self._sleeping.pop(sleeper, None)
+        return sleeper.joined
+
+    def _take_early(self, current: _Round) -> None:
+        """Fill `current` with the sleepers within reach of due, soonest due first, up to `max_batch`."""
+        if not self._sleeping:
+            return
+        room = self._max_batch - len(current.ids)
+        now = time.monotonic()
+        ready = sorted((sleeper for sleeper in self._sleeping if sleeper.earliest <= now), key=_due)
+        # Sleepers whose task is in the round already ride free; the rest need room.
+        for sleeper in ready:
+            if sleeper.task_id not in current.ids:
+                if room <= 0:
+                    continue
+                room -= 1
+                current.ids[sleeper.task_id] = None
+            del self._sleeping[sleeper]
+            sleeper.joined = current
+            sleeper.woken.set()
+
     async def _lead(self, current: _Round, task_id: str) -> bytes | None:
         try:
             try:
@@ -80,6 +151,7 @@ class TaskPoller:
             finally:
                 if self._gathering is current:
                     self._gathering = None
+            self._take_early(current)
             ids = list(current.ids)
             self.fetches += 1
             self.ids_fetched += len(ids)
@@ -141,9 +213,7 @@ class PollCursor(Generic[R]):
 
     async def _next_state(self) -> R:
         while True:
-            if self._delay > 0:
-                await self._core.sleep(self._delay)
-            update = await self.check()
+            update = await self._look(self._delay)
             if update is not None:
                 return update
 
@@ -152,10 +222,15 @@ class PollCursor(Generic[R]):
 
         Raises `JobFailedError` if the provider failed the job.
         """
-        # A little jitter keeps many waiting jobs from polling in lockstep rounds forever.
+        return await self._look(0.0)
+
+    async def _look(self, delay: float) -> R | None:
+        """Look the task up `delay` seconds from now (or a little sooner, in a round with room)."""
+        # A little jitter keeps jobs from all falling due at one instant; rounds with room regroup
+        # them (a lookup may ride `EARLY_SHARE` of its interval early), so batches stay full.
         self._delay = next(self._intervals) * (1.0 - 0.1 * random.random())
         try:
-            body = await self._core.poller.poll(self._task_id)
+            body = await self._core.poller.poll(self._task_id, delay=delay, early=EARLY_SHARE * delay)
         except MJError as error:
             # A lookup that failed even after its retries is no news about the job; only a
             # refusal (401, 403, ...) ends the wait. The deadline bounds the rest.

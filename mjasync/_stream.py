@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from types import TracebackType
@@ -23,6 +24,7 @@ from ._transport import LineReader
 
 if TYPE_CHECKING:
     from ._job import Core
+    from ._providers import Provider
 
 __all__ = ["JobStream"]
 
@@ -30,6 +32,14 @@ R = TypeVar("R", bound=Result)
 
 #: Failures that break a stream without the provider saying the job failed.
 _BREAKS = (APIConnectionError, StreamInterruptedError, MalformedLineError, LineTooLongError)
+
+
+@functools.lru_cache(maxsize=64)
+def _update_decoders(
+    provider: Provider, kind: type[R]
+) -> tuple[Callable[[bytes | memoryview], list[R] | None], Callable[[bytes, int], R]]:
+    """The provider's decoders for one result type, made once rather than as closures per stream."""
+    return functools.partial(provider.decode_updates, kind), functools.partial(provider.decode_update, kind)
 
 
 class JobStream(Generic[R]):
@@ -66,7 +76,7 @@ class JobStream(Generic[R]):
         self._path = path
         self._body = body
         self._headers = headers
-        self._reader: LineReader | None = None
+        self._reader: LineReader[R] | None = None
         self._release: Callable[[], None] | None = None
         self._cursor: PollCursor[R] | CallbackFollower[R] | None = None
         self._holds_slot = False
@@ -155,7 +165,14 @@ class JobStream(Generic[R]):
             self._resume(answer.task_id)
             return
         self._release = answer.release
-        self._reader = LineReader(answer, max_line_bytes=core.max_line_bytes, request=f"POST {self._path}")
+        decode_run, decode_line = _update_decoders(core.provider, self._kind)
+        self._reader = LineReader(
+            answer,
+            decode_run=decode_run,
+            decode_line=decode_line,
+            max_line_bytes=core.max_line_bytes,
+            request=f"POST {self._path}",
+        )
 
     async def _submit_to_follow(self) -> None:
         """Submit, then follow the task by callback or by polling (no progress stream to read)."""
@@ -170,8 +187,8 @@ class JobStream(Generic[R]):
         """The next new update from the stream; None at the end of a complete stream."""
         assert self._reader is not None
         while True:
-            line = await self._reader.next_line()
-            if line is None:
+            update = await self._reader.next_update()
+            if update is None:
                 if self.final is None:
                     raise StreamInterruptedError(
                         "the progress stream ended before the final result",
@@ -180,8 +197,7 @@ class JobStream(Generic[R]):
                     )
                 return None
             if self.final is not None:
-                continue  # anything after the final line is not ours to interpret
-            update = self._core.provider.decode_update(self._kind, line, self._reader.line_number)
+                continue  # not ours to interpret (a bad line here ends the stream quietly: see _next)
             if update.task_id and update.task_id != self.task_id:
                 self.task_id = update.task_id
                 self._core.known_tasks.add(update.task_id)

@@ -287,6 +287,13 @@ class AceDataProvider:
         except _UNDECODABLE as exc:
             raise MalformedLineError(line_number, _prefix(line), _reason(exc)) from exc
 
+    def decode_updates(self, kind: type[R], run: bytes | memoryview) -> list[R] | None:
+        """Decode a run of whole ndjson lines in one call; None if any of it is not an update."""
+        try:
+            return _result_decoder(kind).decode_lines(run)
+        except _UNDECODABLE:
+            return None  # `decode_update`, line by line, finds the bad line and says why
+
     def decode_callback(self, kind: type[R], body: bytes) -> R:
         """A callback's body: the final result, or (for a streamed job) one progress line."""
         return self.decode_result(kind, body, request="callback")

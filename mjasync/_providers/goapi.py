@@ -281,6 +281,11 @@ class GoapiProvider:
         """Never asked: GoAPI has no ndjson."""
         return self.decode_result(kind, line, request=f"line {line_number}")
 
+    def decode_updates(self, kind: type[R], run: bytes | memoryview) -> list[R] | None:
+        """Never asked: None, so each line goes through `decode_update`."""
+        del kind, run  # a GoAPI update is a task object to convert, not a Struct to decode in bulk
+        return None
+
     def decode_callback(self, kind: type[R], body: bytes) -> R:
         """A webhook's body: the task object, as fetch shows it."""
         return self.decode_result(kind, body, request="webhook")

@@ -62,14 +62,21 @@ class Transport:
         self.timeouts = timeouts
         self.max_response_bytes = max_response_bytes
         self._error_for_status = error_for_status
+        # A handful of distinct (read, total) pairs serve every request: build each timeout once.
+        self._client_timeouts: dict[tuple[float | None, float | None], aiohttp.ClientTimeout] = {}
 
     def client_timeout(
         self, *, read: float | None = None, total: float | None = None
     ) -> aiohttp.ClientTimeout:
         """An aiohttp timeout: connect and idle-read limits, and an optional overall limit."""
-        return aiohttp.ClientTimeout(
-            total=total, sock_connect=self.timeouts.connect, sock_read=read or self.timeouts.read
-        )
+        made = self._client_timeouts.get((read, total))
+        if made is None:
+            made = aiohttp.ClientTimeout(
+                total=total, sock_connect=self.timeouts.connect, sock_read=read or self.timeouts.read
+            )
+            if len(self._client_timeouts) < 64:
+                self._client_timeouts[(read, total)] = made
+        return made
 
     def scrub(self, data: bytes) -> bytes:
         """`data` with every secret replaced, so no error or log ever carries the API key."""
@@ -192,6 +199,9 @@ async def read_bounded(
             status=response.status,
             request=request,
         )
+    if declared is not None and declared <= limit:
+        # The declared length frames the body (aiohttp stops there), so one read is bounded.
+        return await response.content.read()
     parts: list[bytes] = []
     size = 0
     while True:

@@ -225,7 +225,10 @@ class Emulator:
                 )
                 await runner.setup()
                 stack.push_async_callback(runner.cleanup)
-                await web.SockSite(runner, sock).start()  # the server now owns (and will close) sock
+                # A fan-out opens thousands of connections at once: a short accept queue (aiohttp's
+                # default is 128) drops SYNs, and the retransmits would skew every timing by seconds.
+                site = web.SockSite(runner, sock, backlog=_BACKLOG)
+                await site.start()  # the server now owns (and will close) sock
                 self._port = sock.getsockname()[1]
                 store.base_url = self.url
                 stack.callback(store.close)
@@ -256,6 +259,10 @@ def _starter(group: TaskGroup) -> Callable[[Callable[[], Coroutine[Any, Any, Non
         group.start_soon(fn)
 
     return start_soon
+
+
+#: Pending connections the listening socket queues (the kernel caps it at net.core.somaxconn).
+_BACKLOG = 4096
 
 
 def _bind(host: str, port: int) -> socket.socket:

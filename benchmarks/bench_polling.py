@@ -1,0 +1,239 @@
+"""Benchmark 5: polling cost.
+
+While many submitted jobs wait in the provider's queue, how hard does a client hit the tasks endpoint
+(`POST /midjourney/tasks`)? Each contender submits the same imagine jobs with `"async": true` to its own
+emulator (`--speed` = how long every job takes) and then waits for all of them:
+
+- **per-task polling (official style)**: what AceData's own SDK does (`acedatacloud`'s
+  `TaskHandle.wait`): every task is looked up on its own, `{"id": ..., "action": "retrieve"}`, at once
+  and then every 3 s until its record holds the final response (progress 100, non-empty `actions`).
+  Plain aiohttp, one connection pool.
+- **mjasync**: `Client(wait_via="poll")` with the default `PollPolicy`: submit all, then await all
+  handles; waiting handles share `retrieve_batch` lookups (up to 50 ids each).
+
+Measured, per contender (the emulator's own counters, so every request is counted whatever sent it):
+
+- **req/s while waiting**: requests to the tasks endpoint between the last submit's answer and the last
+  job done, divided by that time (target: mjasync ≤ 1/20 of per-task polling, ratio ≤ 0.05). The
+  honest baseline is one request per task every 3 s: 1,000 / 3 ≈ 333 req/s for 1,000 tasks;
+- **polls per job**: all tasks-endpoint requests (from the first submit on) / jobs;
+- **wall time**: first submit to last job done (s), and that every job finished.
+
+    python -c "import sys; sys.path.insert(0, 'benchmarks'); import bench_polling as b; [print(f) for f in b.run()]"
+
+A contender runs in a fresh interpreter (`spawn`): `bench_polling.py --contender {per-task,mjasync}
+--url URL --jobs N` prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from typing import Any
+
+import aiohttp
+from _harness import TOKEN, Figure, counters, emit, emulator, ratio_figures, spawn
+
+__all__ = ["BENCH", "CONTENDERS", "OFFICIAL_INTERVAL", "run"]
+
+BENCH = "5 polling"
+#: The official clients' poll interval per task (seconds).
+OFFICIAL_INTERVAL = 3.0
+PER_TASK = "per-task polling (official style)"
+MJASYNC = "mjasync"
+#: Contender name -> the `--contender` value of its process.
+CONTENDERS = {PER_TASK: "per-task", MJASYNC: "mjasync"}
+#: Sockets per contender: the same for both (mjasync's default per-host cap).
+CONNECTIONS = 128
+
+
+def _prompt(index: int) -> str:
+    return f"a lighthouse at dawn, study {index}"
+
+
+async def _polls(url: str) -> int:
+    return (await asyncio.to_thread(counters, url))["polls"]
+
+
+def _report(
+    jobs: int,
+    done: int,
+    failed: int,
+    started: float,
+    submitted: float,
+    finished: float,
+    polls_at_start: int,
+    polls_at_submitted: int,
+    polls_at_end: int,
+    **extra: Any,
+) -> dict[str, Any]:
+    waiting = finished - submitted
+    waiting_polls = polls_at_end - polls_at_submitted
+    return {
+        "jobs": jobs,
+        "done": done,
+        "failed": failed,
+        "submit_seconds": submitted - started,
+        "waiting_seconds": waiting,
+        "wall_seconds": finished - started,
+        "polls": polls_at_end - polls_at_start,
+        "waiting_polls": waiting_polls,
+        "requests_per_second": waiting_polls / waiting if waiting > 0 else 0.0,
+        **extra,
+    }
+
+
+# --- contender: one lookup per task every 3 s (what the official SDK does) --------------------------
+
+
+async def per_task(url: str, jobs: int) -> dict[str, Any]:
+    """Submit `jobs` imagine jobs with async: true, then poll each task alone every 3 s until final."""
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    connector = aiohttp.TCPConnector(limit=CONNECTIONS, limit_per_host=CONNECTIONS)
+    async with aiohttp.ClientSession(url, headers=headers, connector=connector) as session:
+
+        async def submit(index: int) -> str:
+            body = {"prompt": _prompt(index), "async": True}
+            async with session.post("/midjourney/imagine", json=body) as response:
+                response.raise_for_status()
+                answer = await response.json()
+            return str(answer["task_id"])
+
+        async def wait(task_id: str) -> bool:
+            while True:
+                body = {"id": task_id, "action": "retrieve"}
+                async with session.post("/midjourney/tasks", json=body) as response:
+                    response.raise_for_status()
+                    record = await response.json()
+                result = record.get("response") or {}
+                if result.get("success") is False:
+                    return False
+                if result.get("actions") and result.get("progress", 100) >= 100:
+                    return True
+                await asyncio.sleep(OFFICIAL_INTERVAL)
+
+        polls_at_start = await _polls(url)
+        started = time.perf_counter()
+        task_ids = await asyncio.gather(*(submit(i) for i in range(jobs)))
+        submitted = time.perf_counter()
+        polls_at_submitted = await _polls(url)
+        # Each task's wait begins with its own lookup (the official TaskHandle.wait looks first, then
+        # sleeps); they start as one wave here, as in `for h in handles: gather(h.wait())`.
+        outcomes = await asyncio.gather(*(wait(task_id) for task_id in task_ids))
+        finished = time.perf_counter()
+        polls_at_end = await _polls(url)
+    return _report(
+        jobs, sum(outcomes), outcomes.count(False), started, submitted, finished,
+        polls_at_start, polls_at_submitted, polls_at_end,
+    )  # fmt: skip
+
+
+# --- contender: mjasync, default PollPolicy -----------------------------------------------------------
+
+
+async def with_mjasync(url: str, jobs: int) -> dict[str, Any]:
+    """Submit `jobs` imagine jobs (`wait_via="poll"`), then await every handle."""
+    import mjasync
+
+    async with mjasync.Client(
+        api_key=TOKEN, base_url=url, wait_via="poll", poll=mjasync.PollPolicy()
+    ) as client:
+        polls_at_start = await _polls(url)
+        started = time.perf_counter()
+        handles = await asyncio.gather(*(client.imagine(_prompt(i)).submit() for i in range(jobs)))
+        submitted = time.perf_counter()
+        polls_at_submitted = await _polls(url)
+        outcomes = await asyncio.gather(*(handle.wait() for handle in handles), return_exceptions=True)
+        finished = time.perf_counter()
+        polls_at_end = await _polls(url)
+        poller = client.poller
+        done = sum(
+            1 for outcome in outcomes if isinstance(outcome, mjasync.ImagineResult) and outcome.is_final
+        )
+        return _report(
+            jobs, done, jobs - done, started, submitted, finished,
+            polls_at_start, polls_at_submitted, polls_at_end,
+            fetches=poller.fetches,
+            mean_batch=poller.ids_fetched / poller.fetches if poller.fetches else 0.0,
+        )  # fmt: skip
+
+
+# --- the benchmark ------------------------------------------------------------------------------------
+
+
+def measure(contender: str, *, jobs: int, speed: float) -> dict[str, Any]:
+    """One contender against its own fresh emulator (so counters and task tables start empty)."""
+    with emulator(speed=speed) as emu:
+        return spawn(
+            "bench_polling.py", "--contender", CONTENDERS[contender], "--url", emu.url, "--jobs", str(jobs)
+        )
+
+
+def run(quick: bool = False) -> list[Figure]:
+    """Both contenders at 1,000 jobs of 60 s each (quick: 50 jobs of 4 s, only to see it run)."""
+    jobs, speed = (50, 4.0) if quick else (1000, 60.0)
+    results = {name: measure(name, jobs=jobs, speed=speed) for name in CONTENDERS}
+    for name, result in results.items():
+        if result["done"] != jobs:
+            raise RuntimeError(f"{name}: only {result['done']} of {jobs} jobs finished: {result}")
+    theoretical = jobs / OFFICIAL_INTERVAL
+    notes = {
+        PER_TASK: f"{jobs} jobs of {speed:g} s; one retrieve per task every {OFFICIAL_INTERVAL:g} s "
+        f"(theory {theoretical:.0f} req/s)",
+        MJASYNC: f"{jobs} jobs of {speed:g} s; {results[MJASYNC].get('fetches', 0)} lookups, "
+        f"{results[MJASYNC].get('mean_batch', 0.0):.1f} ids each on average",
+    }
+    done = {name: f"{result['done']}/{jobs} jobs finished" for name, result in results.items()}
+    return [
+        *ratio_figures(
+            BENCH,
+            "tasks-endpoint requests per second while waiting",
+            "req/s",
+            {name: result["requests_per_second"] for name, result in results.items()},
+            baseline=PER_TASK,
+            targets={MJASYNC: ("<=", 0.05)},
+            notes=notes,
+        ),
+        *ratio_figures(
+            BENCH,
+            "tasks-endpoint requests per job",
+            "req/job",
+            {name: result["polls"] / jobs for name, result in results.items()},
+            baseline=PER_TASK,
+            notes=done,
+        ),
+        *ratio_figures(
+            BENCH,
+            "wall time, first submit to last job done",
+            "s",
+            {name: result["wall_seconds"] for name, result in results.items()},
+            baseline=PER_TASK,
+            notes={
+                name: f"submits took {result['submit_seconds']:.2f} s" for name, result in results.items()
+            },
+        ),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--contender", choices=sorted(CONTENDERS.values()), help="run one contender and emit JSON"
+    )
+    parser.add_argument("--url", help="the emulator's URL (with --contender)")
+    parser.add_argument("--jobs", type=int, default=1000)
+    parser.add_argument("--quick", action="store_true", help="without --contender: the small run")
+    args = parser.parse_args()
+    if args.contender is None:
+        for figure in run(quick=args.quick):
+            print(figure)
+        return
+    if not args.url:
+        parser.error("--contender needs --url")
+    contender = per_task if args.contender == "per-task" else with_mjasync
+    emit(asyncio.run(contender(args.url, args.jobs)))
+
+
+if __name__ == "__main__":
+    main()
