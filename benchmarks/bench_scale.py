@@ -97,7 +97,18 @@ def rss_bytes() -> int:
 
 
 def peak_rss_bytes() -> int:
-    """The highest RSS this process has had (ru_maxrss is in KiB on Linux)."""
+    """The highest RSS this process has had: VmHWM, which belongs to this program's own memory.
+
+    Not `ru_maxrss`: Linux carries that over `execve`, so a contender started by a runner holding a
+    big heap would report the runner's peak as its own.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * KIB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * KIB
 
 

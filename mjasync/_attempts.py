@@ -103,7 +103,8 @@ async def submit_with_retries(
     """Send a submit; return its answer (or the task found after a lost answer) and the retries taken."""
     attempt = 0
     while True:
-        await core.limiter.before_submit()
+        if not core.limiter.clear_to_submit():
+            await core.limiter.before_submit()
         sent_at = time.time()
         try:
             return await send(), attempt

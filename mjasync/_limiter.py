@@ -75,6 +75,10 @@ class JobLimiter:
         """Give back `borrower`'s slot."""
         self._slots.release_on_behalf_of(borrower)
 
+    def clear_to_submit(self) -> bool:
+        """Whether a submit may go now, with no cooldown to wait out and no pace to keep."""
+        return not self._interval and self._not_before <= self._clock()
+
     async def before_request(self) -> None:
         """Wait out the shared cooldown, if one is running."""
         while (remaining := self._not_before - self._clock()) > 0:
