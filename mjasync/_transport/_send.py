@@ -128,10 +128,8 @@ class Transport:
         )
         request = f"POST {path}"
         try:
-            declared = response.content_length
-            if declared is not None and declared <= self.max_response_bytes:
-                # The usual answer: framed by its declared length, so one read is bounded (and one
-                # coroutine fewer per request than `read_bounded`).
+            if framed_within(response, self.max_response_bytes):
+                # The usual answer, read in one go: one coroutine fewer per request than `read_bounded`.
                 data = await response.content.read()
             else:
                 data = await read_bounded(response, self.max_response_bytes, request=request)
@@ -196,6 +194,17 @@ class Transport:
         raise error
 
 
+def framed_within(response: aiohttp.ClientResponse, limit: int) -> bool:
+    """Whether one unbounded read of the body stays within `limit`: its declared length frames it (aiohttp
+    stops there) and nothing inflates it. A compressed body is inflated past its declared length, so a
+    small gzip answer could otherwise grow to any size in memory."""
+    declared = response.content_length
+    if declared is None or declared > limit:
+        return False
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    return encoding == "identity"
+
+
 async def read_bounded(
     response: aiohttp.ClientResponse, limit: int, *, request: str, truncate: bool = False
 ) -> bytes:
@@ -207,8 +216,7 @@ async def read_bounded(
             status=response.status,
             request=request,
         )
-    if declared is not None and declared <= limit:
-        # The declared length frames the body (aiohttp stops there), so one read is bounded.
+    if framed_within(response, limit):
         return await response.content.read()
     parts: list[bytes] = []
     size = 0

@@ -365,3 +365,60 @@ async def test_failure_after_sending_may_have_reached_the_server(drop: bool, err
             writer.close()
         server.close()
         await server.wait_closed()
+
+
+def _gzip_json(padding: int, **fields: Any) -> bytes:
+    """A JSON object with `padding` spaces inside a string, gzip'd: a few KiB on the wire, large inflated."""
+    import gzip
+    import json
+
+    return gzip.compress(json.dumps({**fields, "pad": " " * padding}).encode(), compresslevel=9)
+
+
+@pytest.mark.parametrize("status", [200, 500])
+async def test_a_small_compressed_answer_is_not_inflated_past_the_limit(status: int) -> None:
+    """A gzip body declares its compressed length; it is still read only up to the limit once inflated.
+
+    Both answers inflate to 64 MiB from ~64 KiB on the wire. A success over `max_response_bytes` is
+    refused; an error body is cut at its own cap. Either way the client never holds the inflated body.
+    """
+    import tracemalloc
+
+    from aiohttp import web
+
+    inflated = 64 << 20
+    fields = {"task_id": "t"} if status == 200 else {"error": {"code": "api_error", "message": "m"}}
+    body = _gzip_json(inflated, **fields)
+
+    async def translate(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(
+            status=status,
+            body=body,
+            headers={"content-type": "application/json", "content-encoding": "gzip"},
+        )
+
+    app = web.Application()
+    app.router.add_post("/midjourney/translate", translate)
+    async with serving(app) as port:
+        async with mjasync.Client(
+            api_key=EMULATOR_TOKEN,
+            base_url=f"http://127.0.0.1:{port}",
+            max_response_bytes=1 << 20,
+            retry=mjasync.RetryPolicy(max_retries=0),
+        ) as client:
+            tracemalloc.start()
+            try:
+                with pytest.raises(mjasync.MJError) as caught:
+                    await client.translate("猫")
+                _, peak = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
+    assert len(body) < inflated // 256
+    if status == 200:
+        assert isinstance(caught.value, mjasync.ResponseDecodeError)
+        assert "limit" in str(caught.value)
+    else:
+        assert isinstance(caught.value, mjasync.ServerError)
+        assert caught.value.status == 500
+    assert peak < 16 << 20, f"held {peak / 2**20:.1f} MiB for a {len(body)}-byte answer"
