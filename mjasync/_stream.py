@@ -107,6 +107,16 @@ class JobStream(Generic[R]):
     async def __anext__(self) -> R:
         if self._finished:
             raise StopAsyncIteration
+        reader = self._reader
+        if reader is not None and (update := reader.buffered()) is not None:
+            # Lines of a chunk already read and decoded: handed out here, with no further frames.
+            try:
+                admitted = self._admit(update)
+            except BaseException:
+                self._close()
+                raise
+            if admitted is not None:
+                return self._note(admitted)
         try:
             return await self._next()
         except StopAsyncIteration:
@@ -134,17 +144,25 @@ class JobStream(Generic[R]):
                 await self._open()
                 continue
             try:
-                update = await self._next_streamed()
+                update = await self._reader.next_update()
+                if update is None:
+                    if self.final is None:
+                        raise StreamInterruptedError(
+                            "the progress stream ended before the final result",
+                            task_id=self.task_id,
+                            last_update=self.last,
+                        )
+                    self._drop_connection()
+                    raise StopAsyncIteration
+                admitted = self._admit(update)
             except _BREAKS as exc:
                 self._drop_connection()
                 if self.final is not None:
                     raise StopAsyncIteration from None  # broke while draining: we have it all
                 await self._after_break(exc)
                 continue
-            if update is None:
-                self._drop_connection()
-                raise StopAsyncIteration
-            return self._note(update)
+            if admitted is not None:
+                return self._note(admitted)
 
     async def _open(self) -> None:
         core = self._core
@@ -183,29 +201,18 @@ class JobStream(Generic[R]):
         self._retries += retries
         self._follow(task_id, first_poll_delay=core.poll.initial_interval)
 
-    async def _next_streamed(self) -> R | None:
-        """The next new update from the stream; None at the end of a complete stream."""
-        assert self._reader is not None
-        while True:
-            update = await self._reader.next_update()
-            if update is None:
-                if self.final is None:
-                    raise StreamInterruptedError(
-                        "the progress stream ended before the final result",
-                        task_id=self.task_id,
-                        last_update=self.last,
-                    )
-                return None
-            if self.final is not None:
-                continue  # not ours to interpret (a bad line here ends the stream quietly: see _next)
-            if update.task_id and update.task_id != self.task_id:
-                self.task_id = update.task_id
-                self._core.known_tasks.add(update.task_id)
-                if self._inbox is not None:
-                    self._inbox.expect(update.task_id)
-            if update.failed:
-                raise self._core.provider.job_failed(update, request=f"POST {self._path}")
-            return update
+    def _admit(self, update: R) -> R | None:
+        """A line read from the stream, as the update to hand out; None for one past the final result."""
+        if self.final is not None:
+            return None  # not ours to interpret (a bad line here ends the stream quietly: see _next)
+        if update.task_id and update.task_id != self.task_id:
+            self.task_id = update.task_id
+            self._core.known_tasks.add(update.task_id)
+            if self._inbox is not None:
+                self._inbox.expect(update.task_id)
+        if update.failed:
+            raise self._core.provider.job_failed(update, request=f"POST {self._path}")
+        return update
 
     async def _after_break(self, error: MJError) -> None:
         """Carry on after a break: by polling a known task, or after checking the provider's records."""

@@ -42,6 +42,14 @@ class LineReader(Generic[T]):
         self._eof = False
         self._request = request
 
+    def buffered(self) -> T | None:
+        """The next value if its chunk is already decoded, without waiting; None when more must be read."""
+        if self._next < len(self._ready):
+            value = self._ready[self._next]
+            self._next += 1
+            return value
+        return None
+
     async def next_update(self) -> T | None:
         """The next decoded line, or None at the end of the body."""
         while self._next >= len(self._ready):

@@ -422,3 +422,76 @@ async def test_a_small_compressed_answer_is_not_inflated_past_the_limit(status: 
         assert isinstance(caught.value, mjasync.ServerError)
         assert caught.value.status == 500
     assert peak < 16 << 20, f"held {peak / 2**20:.1f} MiB for a {len(body)}-byte answer"
+
+
+def _ndjson_app(lines: list[dict[str, Any]]) -> Any:
+    """An imagine endpoint that answers with all of `lines` in one write (one chunk for the reader)."""
+    import json
+
+    from aiohttp import web
+
+    async def imagine(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        response = web.StreamResponse(headers={"content-type": "application/x-ndjson"})
+        await response.prepare(request)
+        await response.write(b"".join(json.dumps(line).encode() + b"\n" for line in lines))
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/midjourney/imagine", imagine)
+    return app
+
+
+def _progress(task_id: str, progress: int, **extra: Any) -> dict[str, Any]:
+    return {
+        "success": True,
+        "task_id": task_id,
+        "image_id": f"img-{progress}",
+        "image_url": f"https://cdn.example/{progress}.png",
+        "progress": progress,
+        **extra,
+    }
+
+
+async def test_a_failure_among_lines_read_together_raises_and_frees_the_stream() -> None:
+    """Lines decoded from one chunk are handed out one by one; a failed line raises there, once."""
+    lines = [
+        _progress("t1", 20),
+        _progress("t1", 40),
+        {"success": False, "task_id": "t1", "error": {"code": "bad_request", "message": "banned"}},
+        _progress("t1", 60),
+    ]
+    async with serving(_ndjson_app(lines)) as port:
+        async with mjasync.Client(api_key=EMULATOR_TOKEN, base_url=f"http://127.0.0.1:{port}") as client:
+            seen: list[float | None] = []
+            with pytest.raises(mjasync.JobFailedError) as caught:
+                async with client.imagine("a cat").stream() as updates:
+                    async for update in updates:
+                        seen.append(update.progress)
+            assert seen == [20, 40]
+            assert caught.value.task_id == "t1"
+            assert caught.value.code == "bad_request"
+            assert open_connections(client) == 0
+            assert client.limiter.statistics().in_flight == 0
+            with pytest.raises(StopAsyncIteration):
+                await updates.__anext__()
+
+
+async def test_lines_after_the_final_result_in_the_same_chunk_are_not_handed_out() -> None:
+    """The final result ends the iteration even when more lines came with it."""
+    actions = ["upscale1", "variation1"]
+    lines = [
+        _progress("t2", 50),
+        _progress("t2", 100, actions=actions),
+        _progress("t2", 100, actions=[*actions, "reroll"]),
+        {"success": False, "task_id": "t2", "error": "late noise"},
+    ]
+    async with serving(_ndjson_app(lines)) as port:
+        async with mjasync.Client(api_key=EMULATOR_TOKEN, base_url=f"http://127.0.0.1:{port}") as client:
+            async with client.imagine("a cat").stream() as updates:
+                seen = [update.progress async for update in updates]
+            assert seen == [50, 100]
+            assert updates.final is not None and updates.final.actions == actions
+            assert open_connections(client) == 0
+            assert client.limiter.statistics().in_flight == 0
