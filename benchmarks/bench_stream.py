@@ -140,7 +140,7 @@ CONTENDER_RUNS: dict[str, Contender] = {
 
 def run(quick: bool = False) -> list[Figure]:
     """Every contender against one emulator at speed 0; figures with ratios to raw aiohttp."""
-    sizes = (64, 16, 1, 1) if quick else (2000, 300, 3, 3)
+    sizes = (64, 16, 1, 1, 0) if quick else (2000, 300, 3, 3, 4)
     figures, _cpu = compare(BENCH, Path(__file__).name, CONTENDERS, sizes, 1.2)
     return figures
 
