@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import gzip
+import json
 import logging
+import tracemalloc
 from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 import mjasync
 from mjasync.emulator import Emulator
@@ -268,7 +272,6 @@ async def test_connection_refused_is_a_connection_error_that_never_reached_the_s
 
 async def test_redirects_are_not_followed(mj_emulator: Any) -> None:
     """A 3xx is reported, not followed, so the key never travels to the Location."""
-    from aiohttp import web
 
     async def moved(request: web.Request) -> web.Response:
         raise web.HTTPTemporaryRedirect(location=f"{mj_emulator.url}/midjourney/translate")
@@ -369,9 +372,6 @@ async def test_failure_after_sending_may_have_reached_the_server(drop: bool, err
 
 def _gzip_json(padding: int, **fields: Any) -> bytes:
     """A JSON object with `padding` spaces inside a string, gzip'd: a few KiB on the wire, large inflated."""
-    import gzip
-    import json
-
     return gzip.compress(json.dumps({**fields, "pad": " " * padding}).encode(), compresslevel=9)
 
 
@@ -382,10 +382,6 @@ async def test_a_small_compressed_answer_is_not_inflated_past_the_limit(status: 
     Both answers inflate to 64 MiB from ~64 KiB on the wire. A success over `max_response_bytes` is
     refused; an error body is cut at its own cap. Either way the client never holds the inflated body.
     """
-    import tracemalloc
-
-    from aiohttp import web
-
     inflated = 64 << 20
     fields = {"task_id": "t"} if status == 200 else {"error": {"code": "api_error", "message": "m"}}
     body = _gzip_json(inflated, **fields)
@@ -424,11 +420,8 @@ async def test_a_small_compressed_answer_is_not_inflated_past_the_limit(status: 
     assert peak < 16 << 20, f"held {peak / 2**20:.1f} MiB for a {len(body)}-byte answer"
 
 
-def _ndjson_app(lines: list[dict[str, Any]]) -> Any:
+def _ndjson_app(lines: list[dict[str, Any]]) -> web.Application:
     """An imagine endpoint that answers with all of `lines` in one write (one chunk for the reader)."""
-    import json
-
-    from aiohttp import web
 
     async def imagine(request: web.Request) -> web.StreamResponse:
         await request.read()
