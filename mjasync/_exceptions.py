@@ -24,7 +24,8 @@ MJError
 │   │   ├── MalformedLineError
 │   │   └── StreamInterruptedError           the stream ended before the final result
 │   ├── AmbiguousSubmitError                 a submit may or may not have created a task
-│   └── JobFailedError                       the provider reports the job itself as failed
+│   ├── JobFailedError                       the provider reports the job itself as failed
+│   └── TaskNotFoundError                    the provider keeps saying it has no such task
 └── WaitTimeoutError (also TimeoutError)     our own deadline for a job ran out
 ```
 
@@ -60,6 +61,7 @@ __all__ = [
     "ServerError",
     "StreamError",
     "StreamInterruptedError",
+    "TaskNotFoundError",
     "UnsupportedFeatureError",
     "WaitTimeoutError",
 ]
@@ -277,6 +279,15 @@ class AmbiguousSubmitError(APIError):
 
 class JobFailedError(APIError):
     """The provider reports the job as failed (a `success: false` result, stream line or task record)."""
+
+
+class TaskNotFoundError(APIError):
+    """Lookup after lookup, the provider says it has no record of this task id (`task_id`).
+
+    A wait on an id the provider does not know (a typo, another account's task, a journal replayed
+    against another server) ends with this after a bounded number of lookups instead of waiting out
+    its whole deadline.
+    """
 
 
 class WaitTimeoutError(MJError, TimeoutError):
