@@ -32,7 +32,18 @@ from ._config import (
 from ._exceptions import ActionNotAvailableError, InvalidRequestError, ResponseDecodeError
 from ._job import Core, Job, TaskHandle
 from ._limiter import JobLimiter
-from ._models.params import PromptParams, build_prompt, encode_mask, validate_http_url
+from ._models.params import (
+    MAX_PROMPT_CHARS,
+    PromptParams,
+    build_prompt,
+    check_max_prompt_chars,
+    check_prompt_length,
+    encode_mask,
+    validate_api_key,
+    validate_headers,
+    validate_http_url,
+    validate_origin_url,
+)
 from ._models.requests import (
     DescribeRequest,
     EditsRequest,
@@ -87,9 +98,14 @@ class Client:
         upscaled = await mj.upscale(grid, 2)
     ```
 
-    The key comes from `api_key`, else `MJASYNC_API_KEY`, else `ACEDATACLOUD_API_TOKEN`; the base URL
-    from `base_url`, else `MJASYNC_BASE_URL`, else the provider's. `provider` is "acedata" (the
-    default) or "goapi"; the calls are the same, and what one lacks raises `UnsupportedFeatureError`.
+    The key comes from `api_key`, else `MJASYNC_API_KEY`, else `ACEDATACLOUD_API_TOKEN`, and must be
+    visible ASCII (no whitespace, line breaks or control characters: it goes into a header as given).
+    The base URL comes from `base_url`, else `MJASYNC_BASE_URL`, else the provider's, and must be an
+    origin, `scheme://host[:port]` (a trailing "/" is fine): mjasync adds the API paths itself, so a
+    path prefix, a query, a fragment or credentials (`user:password@`) are refused rather than
+    supported. `provider` is "acedata" (the default) or "goapi"; the calls are the same, and what one
+    lacks raises `UnsupportedFeatureError`. A prompt longer than `max_prompt_chars` (default
+    `MAX_PROMPT_CHARS`, 6000; image URLs and `--flags` count) is refused before anything is sent.
     The aiohttp session is made inside the running loop on first use and closed by `aclose()` (or
     `async with`), unless you passed your own `http_session`, which you then close yourself.
 
@@ -113,6 +129,7 @@ class Client:
         wait_via: WaitVia | None = None,
         max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        max_prompt_chars: int = MAX_PROMPT_CHARS,
     ) -> None:
         self._configure(
             api_key=api_key,
@@ -128,6 +145,7 @@ class Client:
             wait_via=wait_via,
             max_line_bytes=max_line_bytes,
             max_response_bytes=max_response_bytes,
+            max_prompt_chars=max_prompt_chars,
             pool=None,
             limiter=None,
         )
@@ -148,17 +166,27 @@ class Client:
         wait_via: WaitVia | None,
         max_line_bytes: int,
         max_response_bytes: int,
+        max_prompt_chars: int,
         pool: SessionPool | None,
         limiter: JobLimiter | None,
     ) -> None:
         self._provider: Provider = get_provider(provider)
-        key = api_key or os.environ.get(ENV_API_KEY) or os.environ.get(ENV_API_KEY_FALLBACK)
+        key_source, key = _first_given(
+            ("api_key", api_key),
+            (ENV_API_KEY, os.environ.get(ENV_API_KEY)),
+            (ENV_API_KEY_FALLBACK, os.environ.get(ENV_API_KEY_FALLBACK)),
+        )
         if not key:
             raise InvalidRequestError(
                 f"no API key: pass api_key=... or set {ENV_API_KEY} (or {ENV_API_KEY_FALLBACK})"
             )
-        url = base_url or os.environ.get(ENV_BASE_URL) or self._provider.default_base_url
-        self._base_url = validate_http_url(url, "base_url").rstrip("/")
+        validate_api_key(key, key_source)
+        url_source, url = _first_given(
+            ("base_url", base_url),
+            (ENV_BASE_URL, os.environ.get(ENV_BASE_URL)),
+            ("the provider's base URL", self._provider.default_base_url),
+        )
+        self._base_url = validate_origin_url(url, url_source)
         if wait_via is None:
             wait_via = "callback" if webhooks is not None else "stream"
         if wait_via not in _WAIT_VIAS:
@@ -168,7 +196,7 @@ class Client:
         for name, value in (("max_line_bytes", max_line_bytes), ("max_response_bytes", max_response_bytes)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1024:
                 raise InvalidRequestError(f"{name} must be an int of at least 1024, got {value!r}")
-        headers = dict(default_headers or {})
+        headers = validate_headers(default_headers)
         credentials = self._provider.credential_headers()
         if any(name.lower() in credentials for name in headers):
             raise InvalidRequestError("pass the API key as api_key=, not in default_headers")
@@ -183,6 +211,7 @@ class Client:
             "wait_via": wait_via,
             "max_line_bytes": max_line_bytes,
             "max_response_bytes": max_response_bytes,
+            "max_prompt_chars": check_max_prompt_chars(max_prompt_chars),
         }
         self._api_key = key
         self._owns_pool = pool is None
@@ -266,6 +295,7 @@ class Client:
         wait_via: WaitVia | None = None,
         max_line_bytes: int | None = None,
         max_response_bytes: int | None = None,
+        max_prompt_chars: int | None = None,
     ) -> Client:
         """A client with some options changed that shares this one's connection pool (only this one closes it).
 
@@ -281,6 +311,7 @@ class Client:
             "wait_via": wait_via,
             "max_line_bytes": max_line_bytes,
             "max_response_bytes": max_response_bytes,
+            "max_prompt_chars": max_prompt_chars,
         }
         options.update({k: v for k, v in changes.items() if v is not None})
         same_account = (api_key or self._api_key) == self._api_key and (
@@ -343,6 +374,9 @@ class Client:
         text = build_prompt(prompt, image_urls=image_urls, params=params)
         if hd and "--hd" not in text.split():
             text += " --hd"
+        self._check_prompt(
+            text, "prompt" if text == prompt.strip() else "prompt with its image URLs and --flags"
+        )
         sref = "--sref" in text.split() or bool(params and params.style_reference)
         request = ImagineRequest(
             action="generate",
@@ -420,7 +454,7 @@ class Client:
         request = ImagineRequest(
             action=action,
             image_id=image_id,
-            prompt=prompt.strip() if prompt else None,
+            prompt=self._check_prompt(prompt.strip()) if prompt else None,
             mask=encode_mask(mask) if mask is not None else None,
             **self._image_job_options(mode, translation, split_images, timeout, callback_url),
         )
@@ -502,7 +536,7 @@ class Client:
         request = EditsRequest(
             action="generate",
             image_url=image_url,
-            prompt=prompt.strip(),
+            prompt=self._check_prompt(prompt.strip()),
             mask=encode_mask(mask) if mask is not None else None,
             **options,
         )
@@ -528,7 +562,7 @@ class Client:
             action="generate",
             image_url=image_url,
             end_image_url=end_image_url,
-            prompt=_optional_text("prompt", prompt),
+            prompt=self._optional_prompt(prompt),
             **self._video_options(mode, resolution, loop, timeout, callback_url),
         )
         return Job(self._core, VideoResult, request)
@@ -555,7 +589,7 @@ class Client:
             action="extend",
             video_id=video_id,
             video_index=index,
-            prompt=_optional_text("prompt", prompt),
+            prompt=self._optional_prompt(prompt),
             **self._video_options(mode, resolution, loop, timeout, callback_url),
         )
         return Job(self._core, VideoResult, request)
@@ -569,11 +603,13 @@ class Client:
 
     async def shorten(self, prompt: str) -> ShortenResult:
         """Up to five shorter versions of `prompt`."""
-        return await self._call(ShortenRequest(prompt=_required_text("prompt", prompt)), ShortenResult)
+        text = self._check_prompt(_required_text("prompt", prompt))
+        return await self._call(ShortenRequest(prompt=text), ShortenResult)
 
     async def translate(self, content: str) -> TranslateResult:
         """`content` (e.g. a Chinese prompt) in English."""
-        return await self._call(TranslateRequest(content=_required_text("content", content)), TranslateResult)
+        text = self._check_prompt(_required_text("content", content), "content")
+        return await self._call(TranslateRequest(content=text), TranslateResult)
 
     async def seed(self, target: _ImageTarget) -> SeedResult:
         """The seed of a generated image (a result, or the id `follow_up_id` gives for one)."""
@@ -752,6 +788,12 @@ class Client:
 
     # -- helpers ----------------------------------------------------------------------------------------
 
+    def _check_prompt(self, text: str, what: str = "prompt") -> str:
+        return check_prompt_length(text, self._options["max_prompt_chars"], what=what)
+
+    def _optional_prompt(self, prompt: str | None) -> str | None:
+        return None if prompt is None else self._check_prompt(_required_text("prompt", prompt))
+
     async def _call(self, request: Any, kind: type[R]) -> R:
         self._provider.check(request)
         path, body, _, as_task = self._provider.call_request(request)
@@ -864,5 +906,6 @@ def _required_text(name: str, value: object) -> str:
     return value.strip()
 
 
-def _optional_text(name: str, value: str | None) -> str | None:
-    return None if value is None else _required_text(name, value)
+def _first_given(*candidates: tuple[str, str | None]) -> tuple[str, str | None]:
+    """The first (source, value) with a non-empty value, else the last one: where an option came from."""
+    return next((candidate for candidate in candidates if candidate[1]), candidates[-1])

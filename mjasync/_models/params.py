@@ -1,8 +1,11 @@
-"""Pure layer: typed Midjourney prompt parameters, prompt assembly and mask encoding.
+"""Pure layer: typed Midjourney prompt parameters, prompt assembly, mask encoding and input checks.
 
 `PromptParams` renders typed values into the inline `--flags` Midjourney reads from the prompt;
 `build_prompt` puts image URLs, text and flags together the way `/midjourney/imagine` expects;
 `encode_mask` turns a mask (bytes, file, PIL image) into the base64 string `variation_region` takes.
+The checks of what a caller hands the client (`validate_http_url`, `validate_origin_url`,
+`validate_api_key`, `validate_headers`, `check_prompt_length`) refuse careless input with an
+`InvalidRequestError` before anything is sent, and never repeat a secret in their messages.
 Only msgspec and the standard library are imported here; Pillow is only touched when the caller
 already hands us a PIL image.
 """
@@ -14,7 +17,7 @@ import math
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any, Final, Literal
 from urllib.parse import urlsplit
@@ -26,11 +29,17 @@ from .._exceptions import InvalidRequestError
 __all__ = [
     "MAX_IMAGE_URLS",
     "MAX_MASK_BYTES",
+    "MAX_PROMPT_CHARS",
     "PromptParams",
     "Quality",
     "build_prompt",
+    "check_max_prompt_chars",
+    "check_prompt_length",
     "encode_mask",
+    "validate_api_key",
+    "validate_headers",
     "validate_http_url",
+    "validate_origin_url",
 ]
 
 #: Values Midjourney accepts for `--q`.
@@ -40,6 +49,11 @@ Quality = Literal[".25", ".5", "1", "2", "4"]
 MAX_IMAGE_URLS: Final = 5
 #: Largest mask we will base64-encode; a mask is a single image, so anything bigger is a mistake.
 MAX_MASK_BYTES: Final = 16 * 1024 * 1024
+#: Longest prompt we send, in characters (code points), image URLs and `--flags` included. Neither
+#: AceData nor GoAPI documents a maximum; Midjourney's `/imagine` is a Discord slash command, whose
+#: text option holds at most 6000 characters, so a longer prompt cannot be meant and would only be
+#: paid for and fail. Change it with `Client(max_prompt_chars=...)`.
+MAX_PROMPT_CHARS: Final = 6000
 
 _QUALITIES: Final = (".25", ".5", "1", "2", "4")
 _INT_RANGES: Final[dict[str, tuple[int, int]]] = {
@@ -338,6 +352,141 @@ def validate_http_url(url: str, what: str) -> str:
     if not parts.hostname:
         raise InvalidRequestError(f"{what} must be an http(s) URL with a host, got {_preview(url)}")
     return url
+
+
+def validate_origin_url(url: object, what: str) -> str:
+    """Return `url` without a trailing "/" if it is an http(s) origin, `scheme://host[:port]`; else raise.
+
+    mjasync puts the provider's paths (`/midjourney/...`, `/mj/v2/...`) after the origin itself, so
+    a path prefix would be doubled, and a query or fragment would swallow the path: all are refused,
+    as are credentials (`user:password@`, `user@`: the key goes in `api_key=`). A message never
+    repeats credentials. (A base URL is checked this way, image and webhook URLs by `validate_http_url`.)
+    """
+    if not isinstance(url, str):
+        raise InvalidRequestError(f"{what} must be an http(s) origin string, got {_type_name(url)}")
+    if "@" in url:
+        raise InvalidRequestError(
+            f"{what} must not hold credentials (user:password@ or user@); pass the API key as api_key=. "
+            f"Got {_without_userinfo(url)}"
+        )
+    validate_http_url(url, what)
+    parts = urlsplit(url)
+    if parts.path.strip("/") or "?" in url or "#" in url:
+        origin = f"{parts.scheme}://{parts.netloc}"
+        raise InvalidRequestError(
+            f"{what} must be an origin, scheme://host[:port] (a trailing '/' is fine), without a path, "
+            f"query or fragment; got {_preview(url)}. mjasync adds the API paths itself: use {origin!r}"
+        )
+    return url.rstrip("/")
+
+
+def _without_userinfo(url: str) -> str:
+    """`url` for a message, with everything up to its last "@" (where credentials may be) masked."""
+    scheme, separator, _ = url.partition("://")
+    head = scheme + separator if separator and "@" not in scheme else ""
+    return _preview(f"{head}***@{url.rpartition('@')[2]}")
+
+
+# Header field names are RFC 9110 tokens.
+_HEADER_NAME_RE: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+# What aiohttp refuses in a header value with a bare ValueError: C0 controls other than tab, and DEL.
+_HEADER_VALUE_FORBIDDEN_RE: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# An API key is a token: visible ASCII only, so no whitespace anywhere and nothing a header mangles.
+_API_KEY_FORBIDDEN_RE: Final = re.compile(r"[^\x21-\x7e]")
+_CHAR_NAMES: Final = {
+    "\n": "a line feed (LF)",
+    "\r": "a carriage return (CR)",
+    "\x00": "a NUL character",
+    "\t": "a tab",
+    " ": "a space",
+    "\x7f": "a DEL character",
+}
+
+
+def _describe_char(char: str) -> str:
+    """A bad character named for a message; a printable one is not shown, as it is part of a secret."""
+    if char in _CHAR_NAMES:
+        return _CHAR_NAMES[char]
+    if ord(char) < 0x20:
+        return f"a control character (U+{ord(char):04X})"
+    return "a non-ASCII character"
+
+
+def validate_api_key(key: object, source: str) -> str:
+    """Return `key` if it can go into an HTTP header as it is: visible ASCII (0x21-0x7E) only; else raise.
+
+    Whitespace at either edge is refused too, not stripped: the key is used exactly as given. `source`
+    names where the key came from (`api_key`, an environment variable); the message never holds the key.
+    """
+    if not isinstance(key, str):
+        raise InvalidRequestError(f"{source} must be a str, got {_type_name(key)}")
+    bad = _API_KEY_FORBIDDEN_RE.search(key)
+    if bad is not None:
+        hint = (
+            "; it looks like it was read with a line break or padding around it: strip it"
+            if key != key.strip()
+            else ""
+        )
+        raise InvalidRequestError(
+            f"{source} holds {_describe_char(bad.group())} at position {bad.start() + 1} of {len(key)}: "
+            f"an API key goes into an HTTP header and may hold only visible ASCII characters "
+            f"(no spaces, line breaks or control characters){hint}"
+        )
+    return key
+
+
+def validate_headers(headers: Mapping[Any, Any] | None, what: str = "default_headers") -> dict[str, str]:
+    """A copy of `headers` if every name is a token and every value a str an HTTP header can carry; else raise.
+
+    Values may hold tabs and non-ASCII text (sent as UTF-8) but no other control character; a
+    message names the header, never its value, which may be a secret of its own.
+    """
+    if headers is None:
+        return {}
+    if not isinstance(headers, Mapping):
+        raise InvalidRequestError(f"{what} must be a mapping of names to values, got {_type_name(headers)}")
+    checked: dict[str, str] = {}
+    for name, value in headers.items():
+        if not isinstance(name, str) or not _HEADER_NAME_RE.fullmatch(name):
+            raise InvalidRequestError(
+                f"{what}: {_preview(name)} is not a header name (letters, digits and !#$%&'*+-.^_`|~ only)"
+            )
+        if not isinstance(value, str):
+            raise InvalidRequestError(f"{what}[{name!r}] must be a str, got {_type_name(value)}")
+        bad = _HEADER_VALUE_FORBIDDEN_RE.search(value)
+        if bad is not None:
+            raise InvalidRequestError(
+                f"{what}[{name!r}] holds {_describe_char(bad.group())} at position {bad.start() + 1} "
+                f"of {len(value)}, which an HTTP header value cannot carry"
+            )
+        checked[name] = value
+    return checked
+
+
+def check_max_prompt_chars(value: object) -> int:
+    """Return `value` if it is a usable prompt length limit (a positive int); else raise."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidRequestError(f"max_prompt_chars must be a positive int, got {_preview(value)}")
+    return value
+
+
+def check_prompt_length(
+    prompt: str,
+    limit: int = MAX_PROMPT_CHARS,
+    *,
+    what: str = "prompt",
+    setting: str = "Client(max_prompt_chars=...)",
+) -> str:
+    """Return `prompt` if it is at most `limit` characters long; else raise, saying how to change the limit.
+
+    `what` names the text in the message; `setting` says where the limit is set (the CLI passes its own).
+    """
+    if len(prompt) > limit:
+        raise InvalidRequestError(
+            f"{what} is {len(prompt)} characters long, over the limit of {limit}; nothing was sent. "
+            f"If your provider takes longer prompts, raise the limit with {setting}"
+        )
+    return prompt
 
 
 def build_prompt(

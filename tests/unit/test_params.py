@@ -1,4 +1,4 @@
-"""Tests for mjasync._models.params: PromptParams, build_prompt, validate_http_url, encode_mask."""
+"""Tests for mjasync._models.params: PromptParams, build_prompt, the input checks, encode_mask."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -19,10 +19,16 @@ from mjasync._exceptions import InvalidRequestError
 from mjasync._models import params as params_mod
 from mjasync._models.params import (
     MAX_IMAGE_URLS,
+    MAX_PROMPT_CHARS,
     PromptParams,
     build_prompt,
+    check_max_prompt_chars,
+    check_prompt_length,
     encode_mask,
+    validate_api_key,
+    validate_headers,
     validate_http_url,
+    validate_origin_url,
 )
 
 # field -> (min, max, flag) for every integer parameter.
@@ -830,3 +836,193 @@ def test_encode_mask_accepts_exactly_image_magic(data: bytes) -> None:
     else:
         with pytest.raises(InvalidRequestError, match=r"^mask is (not an image|empty)"):
             encode_mask(data)
+
+
+# --------------------------------------------------------------------------------------------------
+# Input checks: base URL origin, API key, headers, prompt length
+
+
+@pytest.mark.parametrize(
+    ("url", "kept"),
+    [
+        ("https://api.acedata.cloud", "https://api.acedata.cloud"),
+        ("https://api.acedata.cloud/", "https://api.acedata.cloud"),
+        ("https://api.acedata.cloud//", "https://api.acedata.cloud"),
+        ("HTTP://127.0.0.1:8080", "HTTP://127.0.0.1:8080"),
+        ("http://[::1]:9/", "http://[::1]:9"),
+    ],
+)
+def test_origin_accepted_without_trailing_slash(url: str, kept: str) -> None:
+    assert validate_origin_url(url, "base_url") == kept
+
+
+@pytest.mark.parametrize(
+    ("url", "origin"),
+    [
+        ("https://api.acedata.cloud/midjourney", "https://api.acedata.cloud"),
+        ("https://api.goapi.ai/mj/v2/", "https://api.goapi.ai"),
+        ("http://127.0.0.1:8080/x?y=1", "http://127.0.0.1:8080"),
+        ("https://h.example?", "https://h.example"),
+        ("https://h.example/#", "https://h.example"),
+        ("https://h.example/;p", "https://h.example"),
+    ],
+)
+def test_origin_refuses_path_query_fragment_and_names_the_origin(url: str, origin: str) -> None:
+    with pytest.raises(
+        InvalidRequestError, match=r"^base_url must be an origin, scheme://host\[:port\]"
+    ) as caught:
+        validate_origin_url(url, "base_url")
+    assert repr(url) in str(caught.value)
+    assert str(caught.value).endswith(f"use {origin!r}")
+
+
+@pytest.mark.parametrize("url", ["ftp://h.example", "h.example", "https://", "https://h .example", 3])
+def test_origin_refuses_what_is_not_an_http_url(url: object) -> None:
+    with pytest.raises(InvalidRequestError, match=r"^MJASYNC_BASE_URL"):
+        validate_origin_url(url, "MJASYNC_BASE_URL")
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://alice:s3cret@h.example", "'https://***@h.example'"),
+        ("https://alice@h.example/", "'https://***@h.example/'"),
+        ("https://a:b@c:s3cret@h.example", "'https://***@h.example'"),
+        ("https://alice:s3/cret@h.example", "'https://***@h.example'"),
+        ("alice:s3cret@h.example://x", "'***@h.example://x'"),
+        ("https://alice:s3 cret\n@h.example", "'https://***@h.example'"),
+    ],
+)
+def test_origin_refuses_credentials_and_masks_them(url: str, shown: str) -> None:
+    with pytest.raises(InvalidRequestError, match="must not hold credentials") as caught:
+        validate_origin_url(url, "base_url")
+    assert str(caught.value).endswith(f"Got {shown}")
+
+
+@given(
+    st.text(max_size=12),
+    st.text(min_size=4, max_size=24),
+    st.sampled_from(["h.example", "h.example/midjourney", "127.0.0.1:99/?q#f", ""]),
+)
+def test_credentials_never_appear_in_the_message(user: str, password: str, tail: str) -> None:
+    def message(url: str) -> str:
+        with pytest.raises(InvalidRequestError) as caught:
+            validate_origin_url(url, "base_url")
+        return str(caught.value)
+
+    assume(password not in message(f"https://{user}:@{tail}"))
+    assert password not in message(f"https://{user}:{password}@{tail}")
+
+
+def test_origin_check_leaves_validate_http_url_as_it_was() -> None:
+    """Image, webhook and callback URLs keep their paths, queries and even credentials."""
+    url = "https://u:p@cdn.example.com/a/b.png?sig=1#x"
+    assert validate_http_url(url, "image_url") == url
+
+
+@pytest.mark.parametrize(
+    "key", ["k", "sk-0123456789abcdef", "a.b_c~d+e/f=", "!#$%&'()*+,-./:;<=>?@[]^_`{|}~"]
+)
+def test_api_key_of_visible_ascii_is_accepted(key: str) -> None:
+    assert validate_api_key(key, "api_key") == key
+
+
+@pytest.mark.parametrize(
+    ("key", "described", "position", "hint"),
+    [
+        ("sk-secret-1\n", "a line feed (LF)", 12, True),
+        ("\r\nsk-secret-1", "a carriage return (CR)", 1, True),
+        ("sk-\x00secret-1", "a NUL character", 4, False),
+        ("sk-secret-1\x1f", "a control character (U+001F)", 12, True),
+        ("sk-secret-1\x7f", "a DEL character", 12, False),
+        ("sk-sec ret-1", "a space", 7, False),
+        ("\tsk-secret-1", "a tab", 1, True),
+        ("sk-secret-1\u20ac", "a non-ASCII character", 12, False),
+        ("sk-secret-1\u00e9", "a non-ASCII character", 12, False),
+        ("sk-secret-1\u00a0", "a non-ASCII character", 12, True),
+    ],
+)
+def test_api_key_refusal_says_what_and_where_but_not_the_key(
+    key: str, described: str, position: int, hint: bool
+) -> None:
+    with pytest.raises(InvalidRequestError) as caught:
+        validate_api_key(key, "MJASYNC_API_KEY")
+    message = str(caught.value)
+    assert message.startswith(f"MJASYNC_API_KEY holds {described} at position {position} of {len(key)}: ")
+    assert "secret" not in message and "sk-" not in message
+    assert ("strip it" in message) is hint
+
+
+def test_api_key_must_be_a_str() -> None:
+    with pytest.raises(InvalidRequestError, match=r"^api_key must be a str, got bytes$"):
+        validate_api_key(b"sk-secret", "api_key")
+
+
+@given(st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=8), st.data())
+def test_any_key_with_a_character_outside_visible_ascii_is_refused_unseen(
+    clean: str, data: st.DataObject
+) -> None:
+    bad = data.draw(st.characters().filter(lambda c: not "\x21" <= c <= "\x7e"))
+    at = data.draw(st.integers(0, len(clean)))
+    key = clean[:at] + bad + clean[at:]
+    with pytest.raises(InvalidRequestError) as caught:
+        validate_api_key(key, "api_key")
+    assert key not in str(caught.value) and clean not in str(caught.value)
+
+
+def test_headers_are_copied_when_valid() -> None:
+    given_headers = {"x-team": "render farm\t#2; \u00fc", "X-Trace_ID.v2": ""}
+    checked = validate_headers(given_headers)
+    assert checked == given_headers and checked is not given_headers
+    assert validate_headers(None) == {}
+
+
+@pytest.mark.parametrize(
+    ("headers", "match"),
+    [
+        ({"x-t": "a\nb"}, r"^default_headers\['x-t'\] holds a line feed \(LF\) at position 2 of 3"),
+        ({"x-t": "\x00"}, "a NUL character"),
+        ({"x-t": "a\x7f"}, "a DEL character"),
+        ({"x-t": "\x0b"}, r"a control character \(U\+000B\)"),
+        ({"x-t": 5}, r"^default_headers\['x-t'\] must be a str, got int$"),
+        ({"x:y": "v"}, "is not a header name"),
+        ({"": "v"}, "is not a header name"),
+        ({"x\r\ny": "v"}, "is not a header name"),
+        ({b"x": "v"}, "is not a header name"),
+        ([("x", "v")], "^default_headers must be a mapping"),
+    ],
+)
+def test_headers_aiohttp_would_refuse_are_refused(headers: Any, match: str) -> None:
+    with pytest.raises(InvalidRequestError, match=match):
+        validate_headers(headers)
+
+
+def test_header_refusal_does_not_repeat_the_value() -> None:
+    with pytest.raises(InvalidRequestError) as caught:
+        validate_headers({"x-token": "team-secret\r\n"})
+    assert "team-secret" not in str(caught.value)
+
+
+def test_prompt_length_limit_is_inclusive_and_says_how_to_change_it() -> None:
+    assert check_prompt_length("x" * MAX_PROMPT_CHARS) == "x" * MAX_PROMPT_CHARS
+    with pytest.raises(InvalidRequestError) as caught:
+        check_prompt_length("x" * (MAX_PROMPT_CHARS + 1))
+    assert str(caught.value) == (
+        f"prompt is {MAX_PROMPT_CHARS + 1} characters long, over the limit of {MAX_PROMPT_CHARS}; nothing was "
+        "sent. If your provider takes longer prompts, raise the limit with Client(max_prompt_chars=...)"
+    )
+
+
+def test_prompt_length_names_the_text_and_the_setting_given() -> None:
+    assert check_prompt_length("\u732b" * 3, 3) == "\u732b" * 3
+    with pytest.raises(
+        InvalidRequestError, match=r"^line 7 is 4 characters long, over the limit of 3;.* --max-prompt-chars$"
+    ):
+        check_prompt_length("abcd", 3, what="line 7", setting="--max-prompt-chars")
+
+
+@pytest.mark.parametrize("value", [0, -5, 2.0, "10", True, None])
+def test_max_prompt_chars_must_be_a_positive_int(value: object) -> None:
+    with pytest.raises(InvalidRequestError, match=r"^max_prompt_chars must be a positive int"):
+        check_max_prompt_chars(value)
+    assert check_max_prompt_chars(1) == 1
