@@ -5,8 +5,9 @@
 
 This module is the command: its arguments, the run's setup, signals and the summary. The input file
 and the job keys are `_batch_input`'s; the run itself (resuming from the journal, results.jsonl, the
-images) is `_batch_run`'s, and its display `_batch_view`'s. Exit status: 0 every job ended; 1 some
-did not; 2 bad input or usage; 130 interrupted (SIGINT; 143 for SIGTERM).
+images) is `_batch_run`'s, and its display `_batch_view`'s. Exit status: 0 every job ended with its
+result; 1 some did not end (a rerun resumes them); 2 bad input or usage; 3 every job ended, some of
+them failed (their errors are in results.jsonl); 130 interrupted (SIGINT; 143 for SIGTERM).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import mjasync
 from mjasync import InvalidRequestError
 
 from .._config import ENV_API_KEY, ENV_API_KEY_FALLBACK
+from .._models.params import MAX_PROMPT_CHARS
 from ._batch_input import InputError, InputJob, iter_units, load_jobs, parse_upscale, validate_jobs
 from ._batch_run import BatchRun, RunOptions
 from ._batch_view import BatchView
@@ -51,6 +53,7 @@ __all__ = ["InputError", "configure_parser", "load_jobs", "run_batch"]
 EXIT_OK: Final = 0
 EXIT_UNFINISHED: Final = 1
 EXIT_USAGE: Final = 2
+EXIT_FAILED_JOBS: Final = 3
 EXIT_SIGINT: Final = 130
 EXIT_SIGTERM: Final = 143
 
@@ -75,9 +78,11 @@ Nothing is submitted twice. A job's key is its "id", else L<line>-<hash of the l
 file renumbers unnamed jobs: give them ids if you edit it between runs); an upscale's key is
 <key>/upscale<n>, sent once its grid has finished (if the grid failed, it gets a "Skipped" line).
 
-exit status: 0 every job ended (a failed job has ended: its error is in results.jsonl); 1 some jobs
-did not end (connection trouble, 5xx, 401, 429, wait deadline: rerun to resume them); 2 bad input or
-usage; 130 interrupted (rerun to resume).
+exit status: 0 every job ended with its result; 1 some jobs did not end (connection trouble, 5xx,
+401, 429, wait deadline: rerun to resume them); 2 bad input or usage; 3 every job ended but some
+failed (refused, failed by the provider, an undecodable answer, a task id the provider does not
+know, an ambiguous submit: each error is in results.jsonl, and a rerun does not send them again);
+130 interrupted (rerun to resume).
 """
 
 
@@ -160,6 +165,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--format", choices=("txt", "jsonl"), help="input format (default: from the file name)"
     )
     parser.add_argument(
+        "--max-prompt-chars",
+        type=_positive_int,
+        default=MAX_PROMPT_CHARS,
+        metavar="N",
+        help="refuse (before sending anything) a prompt longer than N characters (default: %(default)s)",
+    )
+    parser.add_argument(
         "--poll-interval",
         type=_positive_float,
         default=2.0,
@@ -236,7 +248,9 @@ def _run_batch(args: argparse.Namespace) -> int:
     if args.emulator_speed < 0:
         return _usage("--emulator-speed must be >= 0")
     try:
-        jobs = load_jobs(args.input, upscale=args.upscale, fmt=args.format)
+        jobs = load_jobs(
+            args.input, upscale=args.upscale, fmt=args.format, max_prompt_chars=args.max_prompt_chars
+        )
         if not (
             args.emulator
             or args.api_key
@@ -245,10 +259,11 @@ def _run_batch(args: argparse.Namespace) -> int:
         ):
             raise InputError(f"no API key: pass --api-key or set {ENV_API_KEY} (or {ENV_API_KEY_FALLBACK})")
         # A client made here checks the key and URL too; it only builds jobs, so it never connects.
-        builder = (
-            mjasync.Client(api_key="validation-only", base_url="http://127.0.0.1", provider=args.provider)
-            if args.emulator
-            else mjasync.Client(api_key=args.api_key, base_url=args.base_url, provider=args.provider)
+        builder = mjasync.Client(
+            api_key="validation-only" if args.emulator else args.api_key,
+            base_url="http://127.0.0.1" if args.emulator else args.base_url,
+            provider=args.provider,
+            max_prompt_chars=args.max_prompt_chars,
         )
         validate_jobs(jobs, source=args.input, mode=args.mode, builder=builder)
     except (InputError, InvalidRequestError) as exc:
@@ -274,6 +289,13 @@ def _run_batch(args: argparse.Namespace) -> int:
             with AppendLog(results_path) as results:
                 journal = Journal(options.out, results_by_key)
                 try:
+                    restored = journal.restore_results(results)
+                    if restored:
+                        print(
+                            f"{results_path}: {len(restored)} finished jobs had lost their line; "
+                            "written again from the journal.",
+                            file=sys.stderr,
+                        )
                     journal.run_started(str(options.source))
                     return anyio.run(_main, args, options, jobs, journal, results, backend="asyncio")
                 finally:
@@ -353,6 +375,7 @@ async def _run(
             api_key=api_key,
             base_url=base_url,
             provider=args.provider,
+            max_prompt_chars=args.max_prompt_chars,
             wait_via=options.via,
             poll=mjasync.PollPolicy(
                 initial_interval=args.poll_interval, max_interval=max(10.0, args.poll_interval)
@@ -410,4 +433,4 @@ async def _drive(
             file=sys.stderr,
         )
         return EXIT_UNFINISHED
-    return EXIT_OK
+    return EXIT_FAILED_JOBS if after.failed else EXIT_OK

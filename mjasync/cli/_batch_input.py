@@ -3,7 +3,9 @@
 Input: a `.txt` file (one prompt per line; blank lines and `#` comments skipped) or a `.jsonl` file,
 one `JobSpec` object per line: `{"prompt": ..., "id"?: ..., "params"?: {PromptParams fields},
 "mode"?: "fast"|"relax"|"turbo", "image_urls"?: [...], "upscale"?: [1, 2]}`. The whole file is read
-and every job built (so validated) before anything is sent; a bad line is exit 2 naming it.
+and every job built (so validated) before anything is sent; a bad line is exit 2 naming it. A prompt
+longer than the limit (`MAX_PROMPT_CHARS`, or `--max-prompt-chars`) is refused as it is read, without
+being echoed.
 
 Each job has a key: its `id`, else `L<line>-<hash of its content>`; each upscale follow-up is
 `<key>/upscale<n>`, sent after its grid finishes.
@@ -23,6 +25,8 @@ import msgspec
 
 import mjasync
 from mjasync import ImagineResult, InvalidRequestError, Job, PromptParams
+
+from .._models.params import MAX_PROMPT_CHARS, check_prompt_length
 
 __all__ = [
     "InputError",
@@ -118,7 +122,13 @@ def parse_upscale(text: str) -> tuple[int, ...]:
         ) from None
 
 
-def load_jobs(path: Path, *, upscale: tuple[int, ...] = (), fmt: str | None = None) -> list[InputJob]:
+def load_jobs(
+    path: Path,
+    *,
+    upscale: tuple[int, ...] = (),
+    fmt: str | None = None,
+    max_prompt_chars: int = MAX_PROMPT_CHARS,
+) -> list[InputJob]:
     """Every job in a .txt or .jsonl file, checked against the schema; `InputError` names a bad line."""
     kind = fmt or {".txt": "txt", ".jsonl": "jsonl", ".ndjson": "jsonl"}.get(path.suffix.lower())
     if kind is None:
@@ -141,6 +151,10 @@ def load_jobs(path: Path, *, upscale: tuple[int, ...] = (), fmt: str | None = No
             continue
         where = f"{path}:{number}"
         job = _txt_job(line, number, upscale) if kind == "txt" else _jsonl_job(line, number, where, upscale)
+        try:
+            check_prompt_length(job.prompt, max_prompt_chars, what="its prompt", setting="--max-prompt-chars")
+        except InvalidRequestError as exc:
+            raise InputError(f"{where}: {exc}") from None
         if job.key in lines_by_key:
             raise InputError(f"{where}: key {job.key!r} is already used on line {lines_by_key[job.key]}")
         lines_by_key[job.key] = number

@@ -6,9 +6,14 @@ resumes: finished keys are skipped, accepted ones are waited on by task id, and 
 twice.
 
 A job "ends" with its result, or with an error that running it again cannot change (the provider
-failed it or refused it with a 4xx, the input is invalid, its submit is ambiguous): both get their
-line. Other errors (connection trouble, 5xx, 401, 429, our own wait deadline) leave it for a rerun,
-which resumes it by task id when it has one.
+failed it or refused it with a 4xx, the input is invalid, its submit is ambiguous, an answer about it
+could not be decoded, the provider keeps saying it has no such task): both get their line. Other
+errors (connection trouble, 5xx, 401, 429, our own wait deadline) leave it for a rerun, which
+resumes it by task id when it has one.
+
+Before anything is looked up, every task id the journal or results.jsonl names is held by the client
+(`Client.task`), so looking up one key's lost submit never counts another key's identical request (the
+same prompt twice in the input) as a match.
 """
 
 from __future__ import annotations
@@ -35,12 +40,26 @@ from mjasync import (
     JobFailedError,
     MJError,
     RateLimitError,
+    ResponseDecodeError,
     TaskHandle,
 )
 
+from .._exceptions import TaskNotFoundError
+from .._redact import redact
 from ._batch_input import InputJob, Unit, digest, grid_job, iter_units
 from ._batch_view import BatchView
-from ._journal import AppendLog, ErrorInfo, Journal, Lookup, ResultLine, Resume, Skip, encode_line
+from ._journal import (
+    AppendLog,
+    ErrorInfo,
+    Journal,
+    Lookup,
+    ResultLine,
+    Resume,
+    Skip,
+    encode_line,
+    kill_now,
+    kill_point,
+)
 
 __all__ = ["BatchRun", "RunOptions", "Work", "ends_job"]
 
@@ -52,7 +71,10 @@ _PROGRESS_EVERY: Final = 1.0
 
 def ends_job(error: MJError) -> bool:
     """Whether `error` is the job's final outcome, or running it again (a rerun) could still succeed."""
-    if isinstance(error, (JobFailedError, AmbiguousSubmitError, InvalidRequestError)):
+    if isinstance(
+        error,
+        (JobFailedError, AmbiguousSubmitError, InvalidRequestError, ResponseDecodeError, TaskNotFoundError),
+    ):
         return True
     if isinstance(error, (AuthenticationError, RateLimitError)):
         return False  # fix the key, or wait: the job itself is fine
@@ -60,11 +82,19 @@ def ends_job(error: MJError) -> bool:
     return status is not None and 400 <= status < 500 and status != 408
 
 
-def _error_info(error: MJError) -> ErrorInfo:
+def _error_info(error: MJError, *, resumed: bool = False) -> ErrorInfo:
+    """What results.jsonl says of `error`: its class and message (no traceback, no held secret)."""
+    message = str(error)
+    if resumed and isinstance(error, TaskNotFoundError):
+        message = (
+            f"the provider does not know the task id the journal recorded for this job ({message}); "
+            "was this run resumed against another server or account than the one that accepted it?"
+        )
+    code = getattr(error, "code", None)
     return ErrorInfo(
         type=type(error).__name__,
-        message=str(error),
-        code=getattr(error, "code", None),
+        message=redact(message, excerpt=True),
+        code=redact(str(code), excerpt=True) if code is not None else None,
         status=getattr(error, "status", None),
     )
 
@@ -117,7 +147,11 @@ class BatchRun:
         self._parents_in_flight = 0
         self._wake = anyio.Event()
         #: Task ids some key already holds: a lookup must not adopt one of those.
-        self._claimed = {s.task_id for s in journal.states.values() if s.task_id}
+        self._claimed = set(journal.task_ids)
+        for task_id in journal.task_ids:
+            mj.task(task_id)  # held by the client from now on: `find_task` leaves it out of its matches
+        #: Keys waited on by a task id an earlier run journalled.
+        self._resumed: set[str] = set()
         #: Units that stopped without ending, with why.
         self.not_ended: dict[str, str] = {}
         self._finish_slots = anyio.Semaphore(options.concurrency)
@@ -158,6 +192,7 @@ class BatchRun:
         if isinstance(plan, Skip):
             return None
         if isinstance(plan, Resume):
+            self._resumed.add(unit.key)
             return self._mj.task(plan.task_id)
         if unit.upscale and parent is None:
             grid = self._journal.state(unit.job.key)
@@ -225,6 +260,8 @@ class BatchRun:
         unit = self._by_index.get(index)
         if unit is None:
             return
+        if kill_point("answered", unit.key):
+            kill_now()  # the task exists at the provider; the journal does not know its id
         self._journal.accepted(unit.key, task_id)  # synchronously: durable before the wait goes on
         self._claimed.add(task_id)
         self.view.accepted(unit, task_id)
@@ -322,7 +359,7 @@ class BatchRun:
     ) -> None:
         """Write the unit's one results line, then its finished record; follow-ups of a failed grid end too."""
         if info is None and error is not None:
-            info = _error_info(error)
+            info = _error_info(error, resumed=unit.key in self._resumed)
         task_id = task_id or self._journal.state(unit.key).task_id
         line = ResultLine(
             key=unit.key,
@@ -341,8 +378,14 @@ class BatchRun:
             retries=retries or int(getattr(error, "retries_taken", 0) or 0),
             at=time.time(),
         )
-        self._results.append(encode_line(line))
-        self._journal.finished(unit.key, ok=line.ok, task_id=task_id, image_id=line.image_id)
+        data = encode_line(line)
+        if kill_point("mid-results", unit.key):
+            self._results.append(data[: len(data) // 2])
+            kill_now()
+        self._results.append(data)
+        if kill_point("results", unit.key):
+            kill_now()  # its line is written, its finished record is not
+        self._journal.finished(line)
         if info is None:
             detail = f"task {task_id}" + (f"  (images: {images_error})" if images_error else "")
         else:

@@ -6,30 +6,42 @@ upscales):
     {"event": "run", "at": T, "pid": P, "input": "prompts.txt"}          a run started (informational)
     {"event": "submitting", "key": K, "at": T}        fsync'd BEFORE the job is sent
     {"event": "accepted", "key": K, "task_id": ID, "at": T}             fsync'd the moment the id is known
-    {"event": "finished", "key": K, "ok": B, "task_id": ID, "image_id": I, "at": T}
-                                                      after K's line is in results.jsonl
+    {"event": "finished", "key": K, "ok": B, "task_id": ID, "image_id": I, "at": T, "line": {...}}
+                                                      after K's line is in results.jsonl; `line` is a copy
 
 `results.jsonl` holds exactly one `ResultLine` per key, however many runs it takes. Its line is
 written (and fsync'd) before the journal's `finished` record, and a key with a line in results.jsonl
 counts as finished even when that record is missing, so a kill between the two never gives a key a
 second line.
 
+results.jsonl is repaired from the journal, never re-run: a key the journal shows finished whose line
+is missing (the file cut short, or a torn last line dropped) gets its line back, written again from
+the copy in its `finished` record (`Journal.restore_results`). No job is waited on or sent again for
+it, so a lost line never costs a lookup, let alone a second submit. (A `finished` record of an older
+journal has no copy: the line is rebuilt from what the record holds, and a failure's error then reads
+`LineLost`.)
+
 What a restart does with each key (`KeyState.plan`):
 
 - finished (a `finished` record, or a line in results.jsonl): skipped;
 - accepted: the last accepted task id is waited on again, never submitted;
 - only submitting (killed between sending and learning the task id): the provider's recent tasks are
-  searched for that request since the `submitting` time; found → resumed, none → submitted again
-  (the killed process can no longer be sending it), ambiguous → ended with that error;
+  searched for that request since the `submitting` time, leaving out every task id the journal or
+  results.jsonl names (those are other keys'); found → resumed, none → submitted again (the killed
+  process can no longer be sending it), ambiguous → ended with that error;
 - nothing: submitted.
 
 A torn last line (a kill mid-write) is ignored when read and cut off before the next append; a bad
 line anywhere else is a `JournalError` naming it, rather than a guess that could pay twice.
+
+For tests only, `MJASYNC_BATCH_KILL_AT="<point>:<key>"` makes the process SIGKILL itself at one
+point of one key (`kill_point`); unset, as it always is outside tests, it does nothing.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -60,6 +72,8 @@ __all__ = [
     "Skip",
     "Submit",
     "SubmittingRecord",
+    "kill_now",
+    "kill_point",
     "lock_folder",
     "read_ndjson",
     "read_results",
@@ -104,13 +118,26 @@ class AcceptedRecord(msgspec.Struct, tag="accepted", tag_field="event", kw_only=
 
 
 class FinishedRecord(msgspec.Struct, tag="finished", tag_field="event", kw_only=True, frozen=True):
-    """The job's line is in results.jsonl."""
+    """The job's line is in results.jsonl; `line` is a copy of it, to write it again if it is lost."""
 
     key: str
     ok: bool
     at: float
     task_id: str | None = None
     image_id: str | None = None
+    line: ResultLine | None = None
+
+    def result_line(self) -> ResultLine:
+        """The key's results line: the copy, else (an older journal) what this record holds."""
+        if self.line is not None:
+            return self.line
+        error = None if self.ok else ErrorInfo(type="LineLost", message=_NO_COPY)
+        return ResultLine(
+            key=self.key, ok=self.ok, task_id=self.task_id, image_id=self.image_id, error=error, at=self.at
+        )
+
+
+_NO_COPY: Final = "the job failed, and results.jsonl lost its line; the journal has no copy saying why"
 
 
 JournalRecord = RunRecord | SubmittingRecord | AcceptedRecord | FinishedRecord
@@ -360,9 +387,36 @@ class Journal:
     def __init__(self, folder: Path, results: dict[str, ResultLine] | None = None) -> None:
         path = folder / JOURNAL_NAME
         records, self.torn = read_ndjson(path, _record_decoder)
+        results = results or {}
         #: Each key's state as the journal and results.jsonl left it.
         self.states = replay(records, results)
+        #: Every task id the journal or results.jsonl names, oldest first: each is some key's task.
+        self.task_ids = list(
+            dict.fromkeys(
+                [line.task_id for line in results.values() if line.task_id]
+                + [
+                    r.task_id
+                    for r in records
+                    if isinstance(r, (AcceptedRecord, FinishedRecord)) and r.task_id
+                ]
+            )
+        )
+        # A key's first finished record is final (as in `replay`); its line must be in results.jsonl.
+        first_finished: dict[str, FinishedRecord] = {}
+        for record in records:
+            if isinstance(record, FinishedRecord):
+                first_finished.setdefault(record.key, record)
+        self._lost_lines = [
+            record.result_line() for key, record in first_finished.items() if key not in results
+        ]
         self._log = AppendLog(path)
+
+    def restore_results(self, results: AppendLog) -> list[str]:
+        """Write again the lines of finished keys that results.jsonl lost; return their keys."""
+        for line in self._lost_lines:
+            results.append(encode_line(line))
+        restored, self._lost_lines = [line.key for line in self._lost_lines], []
+        return restored
 
     def state(self, key: str) -> KeyState:
         """The key's state (a fresh one when the journal never saw it)."""
@@ -390,17 +444,37 @@ class Journal:
         self._log.append(encode_line(AcceptedRecord(key=key, task_id=task_id, at=time.time())))
         state.task_id = task_id
 
-    def finished(self, key: str, *, ok: bool, task_id: str | None, image_id: str | None) -> None:
-        """Record that `key`'s line is in results.jsonl."""
-        record = FinishedRecord(key=key, ok=ok, at=time.time(), task_id=task_id, image_id=image_id)
+    def finished(self, line: ResultLine) -> None:
+        """Record that `line` (a copy goes with the record) is in results.jsonl."""
+        record = FinishedRecord(
+            key=line.key, ok=line.ok, at=time.time(), task_id=line.task_id, image_id=line.image_id, line=line
+        )
         self._log.append(encode_line(record))
-        state = self.state(key)
-        state.finished, state.ok, state.image_id = True, ok, image_id
-        state.task_id = task_id or state.task_id
+        state = self.state(line.key)
+        state.finished, state.ok, state.image_id = True, line.ok, line.image_id
+        state.task_id = line.task_id or state.task_id
 
     def close(self) -> None:
         """Close the file."""
         self._log.close()
+
+
+#: Test-only: "<point>:<key>" where `kill_point` kills this process (unset outside tests).
+_KILL_AT: Final = os.environ.get("MJASYNC_BATCH_KILL_AT")
+
+
+def kill_point(point: str, key: str) -> bool:
+    """Whether the tests asked for a SIGKILL at `point` of `key`; when so, call `kill_now` there.
+
+    Tests use it to stop a run at an exact moment (e.g. a task accepted but not yet journalled)
+    without racing it; the caller may first do the part of its work the kill should land inside.
+    """
+    return _KILL_AT is not None and f"{point}:{key}" == _KILL_AT
+
+
+def kill_now() -> None:
+    """SIGKILL this process, as `kill -9` would: no cleanup, no flush."""
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 @contextmanager

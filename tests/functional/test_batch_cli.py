@@ -72,21 +72,27 @@ def batch_command(*args: str) -> list[str]:
     return [sys.executable, "-W", "error", "-m", "mjasync", "batch", *args]
 
 
-def batch_env() -> dict[str, str]:
-    """The environment a batch subprocess gets: the emulator's token as the API key, no proxies."""
+def batch_env(kill_at: str | None = None) -> dict[str, str]:
+    """The environment a batch subprocess gets: the emulator's token as the API key, no proxies.
+
+    `kill_at` ("<point>:<key>") arms the batch's test-only hook: it SIGKILLs itself at that point.
+    """
     env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
     env.pop("MJASYNC_BASE_URL", None)
+    env.pop("MJASYNC_BATCH_KILL_AT", None)
     env["MJASYNC_API_KEY"] = EMULATOR_TOKEN
     env["NO_PROXY"] = "127.0.0.1"
+    if kill_at is not None:
+        env["MJASYNC_BATCH_KILL_AT"] = kill_at
     return env
 
 
-def run_batch(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run a batch to its end (killed if it outlives TIMEOUT)."""
+def run_batch(cwd: Path, *args: str, kill_at: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a batch to its end, or to the SIGKILL `kill_at` asks for (killed if it outlives TIMEOUT)."""
     return subprocess.run(
         batch_command(*args),
         cwd=cwd,
-        env=batch_env(),
+        env=batch_env(kill_at),
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
@@ -243,13 +249,13 @@ def test_jsonl_jobs_keep_their_ids_params_and_own_upscales(tmp_path: Path) -> No
 
 
 def test_a_failed_job_ends_with_its_error_and_its_upscales_are_skipped(tmp_path: Path) -> None:
-    """A moderated prompt gets an error line (type, code, status); its upscales a Skipped line; exit 0."""
+    """A moderated prompt gets an error line (type, code, status); its upscales a Skipped line; exit 3."""
     source = tmp_path / "prompts.txt"
     source.write_text("a calm lake\nsome gore here\n")
     out = tmp_path / "out"
     with emulator(speed=0) as url:
         done = run_batch(tmp_path, str(source), "--out", str(out), "--base-url", url, "--upscale", "1", *FAST)
-        assert done.returncode == 0, done.stderr
+        assert done.returncode == 3, done.stderr  # every job ended, some failed
         assert "4/4 jobs ended (2 ok, 2 failed)" in done.stdout
         lines = assert_each_key_once(out, txt_keys(source, (1,)))
         failed = {line["key"]: line for line in lines if not line["ok"]}
@@ -436,7 +442,7 @@ def test_an_ambiguous_lookup_ends_the_job_with_that_error_rather_than_paying_twi
         asyncio.run(submit_twice())
         write_journal(out, [{"event": "submitting", "key": "twice", "at": since}])
         done = run_batch(tmp_path, str(source), "--out", str(out), "--base-url", url, *FAST)
-        assert done.returncode == 0, done.stderr
+        assert done.returncode == 3, done.stderr  # it ended, failed
         (line,) = assert_each_key_once(out, {"twice"})
         assert not line["ok"]
         assert line["error"]["type"] == "AmbiguousSubmitError"
@@ -504,6 +510,14 @@ BAD_INPUTS = {
         2,
         "--ar",
     ),
+    # A 1 MB prompt would be sent and paid for; it is refused by its length, and not echoed.
+    "huge-prompt": ("prompts.txt", "a cat\n" + "x" * 1_000_000 + "\n", 2, "--max-prompt-chars"),
+    "huge-jsonl-prompt": (
+        "jobs.jsonl",
+        json.dumps({"prompt": "y" * 1_000_000}) + "\n",
+        1,
+        "1000000 characters",
+    ),
 }
 
 
@@ -520,6 +534,7 @@ def test_bad_input_exits_2_naming_the_line_and_sends_nothing(tmp_path: Path, cas
         assert f"{source}:{line}:" in done.stderr
         assert message in done.stderr
         assert "Traceback" not in done.stderr
+        assert len(done.stderr) < 2000  # the line is named, not echoed
         assert counters(url)["counters"]["requests"] == 0
     assert not out.exists()
 

@@ -112,7 +112,7 @@ def test_journal_records_round_trip_through_a_reopen(tmp_path: Path) -> None:
     journal.accepted("a", "ta")  # the same id again writes nothing
     journal.submitting("c")
     journal.accepted("c", "tc")
-    journal.finished("c", ok=True, task_id="tc", image_id="ic")
+    journal.finished(ResultLine(key="c", ok=True, task_id="tc", image_id="ic"))
     journal.close()
     events = [(r["event"], r.get("key")) for r in lines_of(tmp_path / JOURNAL_NAME)]
     assert events == [
@@ -153,6 +153,7 @@ def test_record_lines_carry_the_documented_fields() -> None:
         "at": 3.0,
         "task_id": None,
         "image_id": None,
+        "line": None,
     }
     error = ErrorInfo(type="ModerationError", message="no", code="forbidden", status=403)
     assert json.loads(encode_line(error)) == {
@@ -240,6 +241,92 @@ def test_read_results_keeps_the_first_line_per_key_and_tolerates_a_torn_tail(tmp
     assert set(by_key) == {"a", "b"}
     assert by_key["a"] == first
     assert by_key["b"].error == ErrorInfo(type="JobFailedError", message="m")
+
+
+# -- results.jsonl repaired from the journal ------------------------------------------------------------
+
+
+def finished_journal(folder: Path, lines: list[ResultLine]) -> None:
+    """A journal in which each of `lines` finished (written through `Journal.finished`)."""
+    journal = Journal(folder)
+    for line in lines:
+        journal.submitting(line.key)
+        if line.task_id:
+            journal.accepted(line.key, line.task_id)
+        journal.finished(line)
+    journal.close()
+
+
+def test_a_finished_record_carries_a_copy_of_its_results_line(tmp_path: Path) -> None:
+    """The finished record holds the whole line, so a lost line can be written again exactly."""
+    line = ResultLine(
+        key="k", ok=True, task_id="t", image_id="i", image_url="https://x/i.png", actions=["u1"]
+    )
+    finished_journal(tmp_path, [line])
+    (record,) = [r for r in lines_of(tmp_path / JOURNAL_NAME) if r["event"] == "finished"]
+    assert msgspec.convert(record["line"], ResultLine) == line
+    assert (record["ok"], record["task_id"], record["image_id"]) == (True, "t", "i")
+
+
+def test_lines_lost_from_results_are_written_again_from_the_journal(tmp_path: Path) -> None:
+    """results.jsonl cut short (mid-line): every finished key gets back its exact line, and only once."""
+    error = ErrorInfo(type="JobFailedError", message="banned", code="forbidden", status=403)
+    lines = [
+        ResultLine(key="a", ok=True, task_id="ta", image_id="ia", images=["images/a.imagine.png"]),
+        ResultLine(key="b", ok=False, task_id="tb", error=error),
+        ResultLine(key="c", ok=True, task_id="tc", image_id="ic"),
+    ]
+    finished_journal(tmp_path, lines)
+    path = tmp_path / RESULTS_NAME
+    whole = b"".join(encode_line(line) for line in lines)
+    path.write_bytes(whole[: len(encode_line(lines[0])) + 10])  # a's line, then 10 bytes of b's
+    by_key, torn = read_results(path)
+    assert torn and set(by_key) == {"a"}
+    with AppendLog(path) as results:
+        journal = Journal(tmp_path, by_key)
+        try:
+            assert journal.restore_results(results) == ["b", "c"]
+            assert journal.restore_results(results) == []  # once
+            assert all(journal.state(line.key).plan() == Skip() for line in lines)
+        finally:
+            journal.close()
+    assert read_results(path) == ({line.key: line for line in lines}, False)
+    with AppendLog(path) as results:
+        again = Journal(tmp_path, read_results(path)[0])
+        assert again.restore_results(results) == []  # nothing is lost any more
+        again.close()
+
+
+def test_a_finished_record_without_a_copy_rebuilds_what_it_holds(tmp_path: Path) -> None:
+    """An older journal's finished record (no `line`): the rebuilt line says ok, ids, or that the error was lost."""
+    records = [
+        FinishedRecord(key="ok", ok=True, at=1.0, task_id="t1", image_id="i1"),
+        FinishedRecord(key="bad", ok=False, at=2.0),
+    ]
+    (tmp_path / JOURNAL_NAME).write_bytes(b"".join(encode_line(r) for r in records))
+    with AppendLog(tmp_path / RESULTS_NAME) as results:
+        journal = Journal(tmp_path, {})
+        assert journal.restore_results(results) == ["ok", "bad"]
+        journal.close()
+    by_key, _ = read_results(tmp_path / RESULTS_NAME)
+    assert by_key["ok"] == ResultLine(key="ok", ok=True, task_id="t1", image_id="i1", at=1.0)
+    assert by_key["bad"].error is not None and by_key["bad"].error.type == "LineLost"
+
+
+def test_every_task_id_of_journal_and_results_is_listed_oldest_first(tmp_path: Path) -> None:
+    """`task_ids` names every task some key holds, superseded ones too, each once, so none is adopted twice."""
+    records = [
+        SubmittingRecord(key="a", at=1.0),
+        AcceptedRecord(key="a", task_id="t-old", at=2.0),
+        SubmittingRecord(key="a", at=3.0),  # supersedes t-old, which is still a task of this run
+        AcceptedRecord(key="a", task_id="t-a", at=4.0),
+        FinishedRecord(key="b", ok=True, at=5.0, task_id="t-b"),
+        AcceptedRecord(key="c", task_id="t-a", at=6.0),
+    ]
+    (tmp_path / JOURNAL_NAME).write_bytes(b"".join(encode_line(r) for r in records))
+    journal = Journal(tmp_path, {"r": ResultLine(key="r", ok=True, task_id="t-r")})
+    journal.close()
+    assert journal.task_ids == ["t-r", "t-old", "t-a", "t-b"]
 
 
 # -- a kill at any byte -------------------------------------------------------------------------------
