@@ -30,12 +30,16 @@ MJError
 ```
 
 Every `APIError` carries `status`, `code`, `message`, `trace_id` and a capped copy of the body. None of
-them ever holds the API key: transport scrubs it from bodies and messages before an error is built.
+them ever holds a credential (the API key, a webhook secret): every `MJError` passes its `args` and
+every value set on it through `mjasync._redact`, whoever builds it and whenever a value is set, so no
+error built from a server's answer can carry what the server echoed.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
+
+from ._redact import redact_bytes, redact_cause, redact_value
 
 __all__ = [
     "APIConnectionError",
@@ -68,6 +72,8 @@ __all__ = [
 
 #: How much of a response body an error keeps.
 BODY_CAP = 2048
+#: How much of a stream line an error quotes (`prefix`).
+QUOTE_BYTES = 64
 
 
 def cap_body(body: bytes | str | None, cap: int = BODY_CAP) -> str | None:
@@ -81,7 +87,26 @@ def cap_body(body: bytes | str | None, cap: int = BODY_CAP) -> str | None:
 
 
 class MJError(Exception):
-    """Root of every error mjasync raises."""
+    """Root of every error mjasync raises.
+
+    Every held secret is redacted from its `args` and from every value set on it (a decoded Struct
+    deeply), and a foreign exception chained to it from Python code is cleaned too (`redact_cause`).
+    """
+
+    #: Attributes that hold a piece cut out of a longer answer: a secret the cut left a piece of
+    #: (`MIN_PARTIAL` characters or more) is redacted too.
+    _EXCERPTS: ClassVar[frozenset[str]] = frozenset({"body", "prefix"})
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(redact_value(arg) for arg in args))
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name in ("__cause__", "__context__"):
+            if isinstance(value, BaseException):
+                value = redact_cause(value)
+        else:
+            value = redact_value(value, excerpt=name in self._EXCERPTS)
+        super().__setattr__(name, value)
 
 
 class InvalidRequestError(MJError, ValueError):
@@ -143,7 +168,8 @@ class APIError(MJError):
         self.status = status
         self.code = code
         self.trace_id = trace_id
-        self.body = cap_body(body)
+        # Redacted whole before it is capped, so that the cap cannot cut a secret in two.
+        self.body = cap_body(redact_value(body, excerpt=True))
         self.task_id = task_id
         self.request = request
         self.retries_taken = 0
@@ -245,17 +271,18 @@ class LineTooLongError(StreamError):
     def __init__(self, limit: int, prefix: bytes) -> None:
         self.limit = limit
         self.prefix = prefix
-        super().__init__(f"ndjson line longer than {limit} bytes; it starts {prefix!r}")
+        super().__init__(f"ndjson line longer than {limit} bytes; it starts {self.prefix!r}")
 
 
 class MalformedLineError(StreamError):
     """A stream line is not a JSON object of the expected shape."""
 
-    def __init__(self, line_number: int, prefix: bytes, reason: str) -> None:
+    def __init__(self, line_number: int, line: bytes, reason: str) -> None:
+        """`line` may be the whole line: it is redacted whole, then cut to its first `QUOTE_BYTES` (`prefix`)."""
         self.line_number = line_number
-        self.prefix = prefix
+        self.prefix = redact_bytes(bytes(line))[:QUOTE_BYTES]
         self.reason = reason
-        super().__init__(f"ndjson line {line_number} is malformed ({reason}); it starts {prefix!r}")
+        super().__init__(f"ndjson line {line_number} is malformed ({self.reason}); it starts {self.prefix!r}")
 
 
 class StreamInterruptedError(StreamError):

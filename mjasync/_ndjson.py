@@ -33,7 +33,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import Generic, TypeVar
 
-from mjasync._exceptions import LineTooLongError
+from mjasync._exceptions import QUOTE_BYTES, LineTooLongError, MalformedLineError, MJError
+from mjasync._redact import redact_cause
 
 __all__ = ["DEFAULT_MAX_LINE_BYTES", "PREFIX_BYTES", "NdjsonDecoder", "NdjsonSplitter", "iter_lines"]
 
@@ -41,8 +42,8 @@ T = TypeVar("T")
 
 #: The default cap on one line: far above any real progress update (~1 KiB), low enough to bound memory.
 DEFAULT_MAX_LINE_BYTES = 8 * 1024 * 1024
-#: How much of an over-long line `LineTooLongError.prefix` keeps.
-PREFIX_BYTES = 64
+#: How much of an over-long line `LineTooLongError.prefix` keeps (as much as any error quotes of a line).
+PREFIX_BYTES = QUOTE_BYTES
 
 _LF = 0x0A
 _CR = 0x0D
@@ -250,10 +251,17 @@ class NdjsonDecoder(Generic[T]):
                 if values is not None:
                     out += values
                     continue
+                number = self.line_number + len(out) + 1
                 try:
-                    out.append(self._decode_line(line, self.line_number + len(out) + 1))
-                except Exception as exc:
+                    out.append(self._decode_line(line, number))
+                except MJError as exc:
                     return self._fail(exc, out)
+                except Exception as exc:
+                    # A decoder's own failure (a RecursionError, a bug) is still this line's error, and
+                    # only this stream's: typed, with the foreign exception cleaned of any secret.
+                    error = MalformedLineError(number, line, f"{type(exc).__name__}: {exc}")
+                    error.__cause__ = redact_cause(exc)
+                    return self._fail(error, out)
         self.line_number += len(out)
         return out
 

@@ -52,6 +52,7 @@ from .._models.results import (
     VideoResult,
 )
 from .._models.task import TaskBatch, TaskRecord, TaskState
+from .._redact import redact_cause
 from .._retry import parse_retry_after
 from .._types import WaitVia
 from ._callback import CallbackTarget
@@ -167,10 +168,6 @@ def _record_decoder(kind: type[R]) -> msgspec.json.Decoder[TaskRecord[R]]:
 _UNDECODABLE = (msgspec.DecodeError, RecursionError)
 
 
-def _prefix(data: bytes, size: int = 64) -> bytes:
-    return bytes(data[:size])
-
-
 class AceDataProvider:
     """AceData Cloud: Bearer token, JSON POSTs under `/midjourney/`, ndjson progress, a tasks endpoint."""
 
@@ -275,17 +272,17 @@ class AceDataProvider:
         """Decode a JSON result body."""
         try:
             return _result_decoder(kind).decode(body)
-        except msgspec.DecodeError as exc:
+        except _UNDECODABLE as exc:
             raise ResponseDecodeError(
-                f"undecodable {kind.kind} response: {exc}", body=body, request=request
-            ) from exc
+                f"undecodable {kind.kind} response: {_reason(exc)}", body=body, request=request
+            ) from redact_cause(exc)
 
     def decode_update(self, kind: type[R], line: bytes, line_number: int) -> R:
         """Decode one ndjson progress line."""
         try:
             return _result_decoder(kind).decode(line)
         except _UNDECODABLE as exc:
-            raise MalformedLineError(line_number, _prefix(line), _reason(exc)) from exc
+            raise MalformedLineError(line_number, line, _reason(exc)) from redact_cause(exc)
 
     def decode_updates(self, kind: type[R], run: bytes | memoryview) -> list[R] | None:
         """Decode a run of whole ndjson lines in one call; None if any of it is not an update."""
@@ -316,7 +313,9 @@ class AceDataProvider:
             assert kind is not None
             return _record_decoder(kind).decode(body)
         except _UNDECODABLE as exc:
-            raise ResponseDecodeError(f"undecodable task record: {_reason(exc)}", body=bytes(body)) from exc
+            raise ResponseDecodeError(
+                f"undecodable task record: {_reason(exc)}", body=bytes(body)
+            ) from redact_cause(exc)
 
     def decode_task_batch(self, body: bytes, kind: type[R] | None = None) -> TaskBatch[Any]:
         """Decode a `retrieve_batch` answer: its records and the provider's `count`."""
@@ -336,7 +335,7 @@ class AceDataProvider:
             except _UNDECODABLE as exc:
                 raise ResponseDecodeError(
                     f"undecodable task record: {_reason(exc)}", body=bytes(item)
-                ) from exc
+                ) from redact_cause(exc)
             if task_id:
                 bodies[task_id] = bytes(item)
         return bodies
@@ -347,7 +346,7 @@ class AceDataProvider:
         except _UNDECODABLE as exc:
             raise ResponseDecodeError(
                 f"undecodable retrieve_batch answer: {_reason(exc)}", body=body
-            ) from exc
+            ) from redact_cause(exc)
 
     def task_state(self, record: TaskRecord[Any]) -> TaskState:
         """Where a task stands. `success: true` alone never means done: progress lines carry it too."""

@@ -50,6 +50,7 @@ from .._models.requests import (
 )
 from .._models.results import DescribeResult, ImagineResult, Result, SeedResult
 from .._models.task import TaskBatch, TaskRecord, TaskState
+from .._redact import redact_cause
 from .._retry import parse_retry_after
 from .._types import WaitVia
 from ._callback import CallbackTarget
@@ -296,8 +297,8 @@ class GoapiProvider:
             receipt = _receipt_decoder.decode(body)
         except _UNDECODABLE as exc:
             raise ResponseDecodeError(
-                f"undecodable submit answer: {exc}", body=body, request=request
-            ) from exc
+                f"undecodable submit answer: {_reason(exc)}", body=body, request=request
+            ) from redact_cause(exc)
         if receipt.status not in (None, "success"):
             raise APIStatusError(
                 receipt.message or f"the submit was refused (status {receipt.status!r})",
@@ -342,12 +343,16 @@ class GoapiProvider:
             try:
                 task_id = _receipt_decoder.decode(body).task_id
             except _UNDECODABLE as exc:
-                raise ResponseDecodeError(f"undecodable task object: {_reason(exc)}", body=body) from exc
+                raise ResponseDecodeError(
+                    f"undecodable task object: {_reason(exc)}", body=body
+                ) from redact_cause(exc)
             return {task_id: bytes(body)} if task_id else {}
         try:
             data = _multi_decoder.decode(body).data
         except _UNDECODABLE as exc:
-            raise ResponseDecodeError(f"undecodable multi_fetch answer: {_reason(exc)}", body=body) from exc
+            raise ResponseDecodeError(
+                f"undecodable multi_fetch answer: {_reason(exc)}", body=body
+            ) from redact_cause(exc)
         return {task_id: bytes(raw) for task_id, raw in data.items() if bytes(raw) != b"null"}
 
     def task_state(self, record: TaskRecord[Any]) -> TaskState:
@@ -400,7 +405,9 @@ class GoapiProvider:
             raw = _dict_decoder.decode(body)
             return msgspec.convert(raw, _Task, strict=False), raw
         except _UNDECODABLE as exc:
-            raise ResponseDecodeError(f"undecodable task object: {_reason(exc)}", body=bytes(body)) from exc
+            raise ResponseDecodeError(
+                f"undecodable task object: {_reason(exc)}", body=bytes(body)
+            ) from redact_cause(exc)
 
 
 def _job_body(request: ImagineRequest) -> tuple[str, dict[str, Any]]:
@@ -479,7 +486,7 @@ def _convert(kind: type[R], task: _Task, raw: dict[str, Any]) -> R:
     try:
         return kind(**{k: v for k, v in fields.items() if k in kind.__struct_fields__})
     except TypeError as exc:  # pragma: no cover - the fields above are all the result types have
-        raise ResponseDecodeError(f"cannot build a {kind.kind} result: {exc}") from exc
+        raise ResponseDecodeError(f"cannot build a {kind.kind} result: {exc}") from redact_cause(exc)
 
 
 def _descriptions(text: str) -> list[str]:

@@ -1,7 +1,9 @@
 """I/O layer: one HTTP exchange with the provider — bounded reads, no redirects, typed errors, quiet logs.
 
 Every aiohttp failure becomes an mjasync error here and nowhere else, each saying whether the request
-may have reached the server (which decides, later, whether a submit may be retried).
+may have reached the server (which decides, later, whether a submit may be retried). The client's
+secrets are held in `mjasync._redact` for as long as its transport lives, so every error and every
+record of the `mjasync` logger is redacted of them (`RedactingFilter`).
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ from multidict import CIMultiDictProxy
 
 from .._config import Timeouts
 from .._exceptions import APIConnectionError, APIError, APIStatusError, APITimeoutError, ResponseDecodeError
+from .._redact import RedactingFilter, hold, redact_bytes, redact_cause
 from .._types import NOT_GIVEN, NotGiven
 from ._pool import SessionPool
 
 __all__ = ["ErrorForStatus", "Transport", "WireResponse", "log"]
 
 log = logging.getLogger("mjasync")
+log.addFilter(RedactingFilter())
 
 #: Builds the provider's typed error from (status, headers, body, request description).
 ErrorForStatus = Callable[..., APIStatusError]
@@ -30,7 +34,6 @@ ErrorForStatus = Callable[..., APIStatusError]
 #: An error body is kept only this far: enough for a message and a trace_id.
 _ERROR_BODY_LIMIT = 64 * 1024
 _CHUNK = 64 * 1024
-_REDACTED = b"[redacted]"
 
 
 class WireResponse(NamedTuple):
@@ -60,7 +63,8 @@ class Transport:
         self._headers = dict(headers)
         # Never mutated: aiohttp copies the headers it is given into the request's own multidict.
         self._json_headers = {**self._headers, "content-type": "application/json"}
-        self._secrets = tuple(s.encode() for s in secrets if s)
+        for secret in secrets:
+            hold(self, secret)
         self.timeouts = timeouts
         self.max_response_bytes = max_response_bytes
         self._error_for_status = error_for_status
@@ -81,33 +85,18 @@ class Transport:
         return made
 
     def scrub(self, data: bytes) -> bytes:
-        """`data` with every secret replaced, so no error or log ever carries the API key."""
-        for secret in self._secrets:
-            if secret in data:
-                data = data.replace(secret, _REDACTED)
-        return data
+        """`data` with every held secret replaced, so no error or log ever carries the API key."""
+        return redact_bytes(data)
 
     def error_for_status(
         self, status: int, headers: Mapping[str, str], body: bytes, *, request: str | None = None
     ) -> APIStatusError:
         """The provider's typed error for a response, with the API key kept out of it.
 
-        The body is scrubbed before it is parsed, and the parsed message after: a body may echo the
-        key with JSON escapes (`\\u002d`) that only decoding turns back into the key.
+        The error redacts itself (`MJError`): its message, body, code, and a trace id taken from a
+        header, including a key the body echoed with JSON escapes that only decoding turns back into it.
         """
-        error = self._error_for_status(status, headers, self.scrub(body), request=request)
-        # Headers (a trace id taken from `x-request-id`) can echo the key too.
-        for secret in self._secrets:
-            text, hidden = secret.decode(), _REDACTED.decode()
-            if text in error.message:
-                error.message = error.message.replace(text, hidden)
-            if error.body and text in error.body:
-                error.body = error.body.replace(text, hidden)
-            if error.trace_id and text in error.trace_id:
-                error.trace_id = error.trace_id.replace(text, hidden)
-            if error.code and text in error.code:
-                error.code = error.code.replace(text, hidden)
-        return error
+        return self._error_for_status(status, headers, body, request=request)
 
     async def post(
         self,
@@ -246,14 +235,16 @@ def raise_connection_error(exc: BaseException, request: str, *, sent: bool | Non
     name = type(exc).__name__
     if isinstance(exc, APIError):
         raise exc
+    # aiohttp quotes a bad status line or header it could not parse, and keeps the request's headers.
+    cause = redact_cause(exc)
     if isinstance(exc, (aiohttp.ServerTimeoutError, asyncio.TimeoutError)):
         what = "connect" if isinstance(exc, aiohttp.ConnectionTimeoutError) else "read"
         raise APITimeoutError(
             f"{what} timed out ({name})", may_have_reached_server=reached, request=request
-        ) from exc
+        ) from cause
     raise APIConnectionError(
-        f"connection failed ({name}: {exc})", may_have_reached_server=reached, request=request
-    ) from exc
+        f"connection failed ({name}: {cause})", may_have_reached_server=reached, request=request
+    ) from cause
 
 
 def _may_have_reached(exc: BaseException) -> bool:

@@ -209,6 +209,23 @@ def test_malformed_line_in_the_middle_at_every_cut() -> None:
         assert decoder.line_number == 2
 
 
+def test_a_decoder_that_fails_its_own_way_gives_a_malformed_line() -> None:
+    """A line decoder raising something other than an MJError (a RecursionError) still fails only this stream,
+    typed as the bad line, with the original chained."""
+
+    def crashing(line: bytes, number: int) -> ImagineResult:
+        if line == BAD:
+            raise RecursionError("maximum recursion depth exceeded")
+        return _decode_line(line, number)
+
+    decoder = NdjsonDecoder(lambda run: PROVIDER.decode_updates(ImagineResult, run), crashing)
+    out, error = _collect(decoder, [BAD_STREAM])
+    assert out == EXPECTED[:2]
+    assert isinstance(error, MalformedLineError) and isinstance(error.__cause__, RecursionError)
+    assert error.line_number == 3 and error.prefix == BAD[:64]
+    assert "RecursionError" in error.reason
+
+
 def test_malformed_line_is_raised_by_the_call_after_the_good_values() -> None:
     decoder = _decoder()
     # The same run: decoded line by line up to the bad one.
