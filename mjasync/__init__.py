@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from ._batch import Outcome as Outcome
 from ._batch import Outcomes as Outcomes
+from ._batch import UnconfirmedSubmit as UnconfirmedSubmit
 from ._client import DEFAULT_MAX_DOWNLOAD_BYTES as DEFAULT_MAX_DOWNLOAD_BYTES
 from ._client import Client as Client
 from ._config import Limits as Limits
@@ -41,6 +42,7 @@ from ._exceptions import ResponseDecodeError as ResponseDecodeError
 from ._exceptions import ServerError as ServerError
 from ._exceptions import StreamError as StreamError
 from ._exceptions import StreamInterruptedError as StreamInterruptedError
+from ._exceptions import TaskNotFoundError as TaskNotFoundError
 from ._exceptions import UnsupportedFeatureError as UnsupportedFeatureError
 from ._exceptions import WaitTimeoutError as WaitTimeoutError
 from ._job import Job as Job
@@ -124,11 +126,13 @@ __all__ = [
     "StreamInterruptedError",
     "TaskBatch",
     "TaskHandle",
+    "TaskNotFoundError",
     "TaskRecord",
     "TaskState",
     "TaskUpdates",
     "Timeouts",
     "TranslateResult",
+    "UnconfirmedSubmit",
     "UnsupportedFeatureError",
     "VideoMode",
     "VideoResolution",

@@ -5,31 +5,42 @@ allows it. A submit is retried only when it certainly made no task: it never lef
 turned it away (429, 408), or, when its fate is unknown, a lookup at the provider proved there is
 no task. A lookup that finds the task resumes it instead; one that cannot tell raises
 `AmbiguousSubmitError` (unless the policy opts in to resubmitting).
+
+A call's retries share one budget (`Timeouts.total`, from its first send), so a drip that stays just
+under every per-read limit cannot multiply it. A job's `SendRecord` notes when it was first sent and
+the task id it got, synchronously, so whoever gives up on it (a cancelled `run_many`) can say which
+tasks the provider may hold; its deadline (`PollPolicy.deadline`) counts from that first send.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import anyio
 import msgspec
 
 from ._exceptions import (
     AmbiguousSubmitError,
     APIError,
     APIStatusError,
+    APITimeoutError,
     BadRequestError,
     MJError,
     NotFoundError,
     RateLimitError,
+    WaitTimeoutError,
 )
 from ._models.requests import AnyRequest
 from ._models.results import Result
 from ._retry import phase_of, retry_delay
+from ._types import NOT_GIVEN, NotGiven
 
 if TYPE_CHECKING:
     from ._job import Core
@@ -37,6 +48,7 @@ if TYPE_CHECKING:
 __all__ = [
     "KnownTasks",
     "Resumed",
+    "SendRecord",
     "call_with_retries",
     "find_submitted",
     "reconcile_submit",
@@ -85,57 +97,221 @@ class KnownTasks:
         return task_id in self._ids
 
 
+class SendRecord:
+    """When a job was first sent, and the task id the provider gave it; where its deadline counts from.
+
+    Both are noted synchronously, with no checkpoint between the event and the note: `sent_at` just
+    before the first request goes out, `task_id` the moment it is decoded. So a caller that cancels
+    the job at any point knows whether the provider may hold a task for it, and which.
+    """
+
+    __slots__ = ("_scopes", "deadline", "on_task_id", "sent_at", "sent_clock", "task_id")
+
+    def __init__(self, deadline: float | None) -> None:
+        #: Seconds from the first send that waiting for the job may take (`PollPolicy.deadline`).
+        self.deadline = deadline
+        #: Unix time of the first send (for `Client.find_task(job, since=...)`).
+        self.sent_at: float | None = None
+        #: `time.monotonic()` of the first send.
+        self.sent_clock: float | None = None
+        #: The provider's id for the job, once known.
+        self.task_id: str | None = None
+        #: Called once, with the task id, the moment it is known.
+        self.on_task_id: Callable[[str], None] | None = None
+        self._scopes: list[anyio.CancelScope] = []
+
+    @property
+    def deadline_at(self) -> float | None:
+        """When (`time.monotonic()`) waiting gives up; None before the first send or with no deadline."""
+        if self.deadline is None or self.sent_clock is None:
+            return None
+        return self.sent_clock + self.deadline
+
+    def mark_sent(self) -> None:
+        """The first request is about to go out (later sends change nothing)."""
+        if self.sent_clock is not None:
+            return
+        self.sent_at = time.time()
+        self.sent_clock = time.monotonic()
+        deadline_at = self.deadline_at
+        if deadline_at is not None:
+            for scope in self._scopes:
+                scope.deadline = deadline_at
+
+    def accept(self, task_id: str) -> None:
+        """The provider's id for the job is known."""
+        if task_id == self.task_id:
+            return
+        first = self.task_id is None
+        self.task_id = task_id
+        if first and self.on_task_id is not None:
+            self.on_task_id(task_id)
+
+    def bounded(self) -> WithinDeadline:
+        """`with record.bounded():` cancels the block at the deadline and raises `WaitTimeoutError`.
+
+        The deadline is set the moment the job is first sent, inside the block or before it.
+        """
+        return WithinDeadline(self)
+
+    def timed_out(self) -> WaitTimeoutError:
+        """The error for a job whose deadline ran out."""
+        return WaitTimeoutError(
+            f"the job did not finish within {self.deadline} s of its first send (it may still finish)",
+            task_id=self.task_id,
+        )
+
+
+class WithinDeadline:
+    """A cancel scope that ends at a `SendRecord`'s deadline, turning that into `WaitTimeoutError`.
+
+    A plain context manager (not a generator) so that its scope never spans a `yield`.
+    """
+
+    __slots__ = ("_record", "_scope")
+
+    def __init__(self, record: SendRecord) -> None:
+        self._record = record
+        deadline_at = record.deadline_at
+        self._scope = anyio.CancelScope(deadline=math.inf if deadline_at is None else deadline_at)
+
+    def __enter__(self) -> None:
+        self._record._scopes.append(self._scope)
+        self._scope.__enter__()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._record._scopes.remove(self._scope)
+        if self._scope.__exit__(exc_type, exc, tb) and self._scope.cancelled_caught:
+            raise self._record.timed_out() from None
+
+
 async def call_with_retries(core: Core, send: Callable[[], Awaitable[T]]) -> T:
-    """Run an idempotent call, retrying what the policy allows; the final error says how many retries."""
+    """Run an idempotent call, retrying what the policy allows; the final error says how many retries.
+
+    All attempts share `Timeouts.total` from the first send; past it, `APITimeoutError` is raised.
+    """
+    budget = core.transport.timeouts.total
     attempt = 0
-    while True:
-        await core.limiter.before_request()
-        try:
-            return await send()
-        except MJError as error:
-            await _back_off_or_raise(core, error, attempt)
-        attempt += 1
+    last: MJError | None = None
+
+    async def attempts() -> T:
+        nonlocal attempt, last
+        while True:
+            if attempt:
+                await core.limiter.before_request()
+            try:
+                return await send()
+            except MJError as error:
+                last = error
+                await _back_off_or_raise(core, error, attempt)
+            attempt += 1
+
+    await core.limiter.before_request()  # a shared 429 cooldown before the first send is not counted
+    if budget is None:
+        return await attempts()
+    with anyio.move_on_after(budget):
+        return await attempts()
+    out_of_time = APITimeoutError(
+        f"no answer within Timeouts.total={budget} s, retries included"
+        + (f" (the last attempt: {last})" if last is not None else ""),
+        may_have_reached_server=True,
+        request=getattr(last, "request", None),
+    )
+    out_of_time.retries_taken = attempt
+    raise out_of_time from last
 
 
 async def submit_with_retries(
-    core: Core, send: Callable[[], Awaitable[T]], request: AnyRequest
+    core: Core,
+    send: Callable[[], Awaitable[T]],
+    request: AnyRequest,
+    *,
+    record: SendRecord | None = None,
+    budget: float | NotGiven | None = NOT_GIVEN,
 ) -> tuple[T | Resumed, int]:
-    """Send a submit; return its answer (or the task found after a lost answer) and the retries taken."""
+    """Send a submit; return its answer (or the task found after a lost answer) and the retries taken.
+
+    `record` notes the first send. The sends, retries and reconciling lookups share `budget` seconds
+    (default `Timeouts.total`; None for none) from the first send; past it, a submit that may have
+    made a task raises `AmbiguousSubmitError`, one that certainly made none its last error.
+    """
+    limit = core.transport.timeouts.total if isinstance(budget, NotGiven) else budget
     attempt = 0
-    while True:
-        if not core.limiter.clear_to_submit():
-            await core.limiter.before_submit()
-        sent_at = time.time()
-        try:
-            return await send(), attempt
-        except MJError as error:
-            if core.retry.max_retries == 0:
-                raise  # the resilience layer is off: the first error is the answer
-            if phase_of(error) == "unknown":
-                task_id = await reconcile_submit(core, request, error, sent_at, attempt)
-                if task_id is not None:
-                    return Resumed(task_id, attempt), attempt
-                # Proven (or, by policy, assumed) that no task was made: a retry cannot pay twice.
-            await _back_off_or_raise(core, error, attempt)
-        attempt += 1
+    last: MJError | None = None
+    #: Whether the current attempt's fate is open, or an earlier one may have made a task that no
+    #: lookup found or ruled out.
+    unsettled = maybe_made = False
+
+    async def attempts() -> tuple[T | Resumed, int]:
+        nonlocal attempt, last, unsettled, maybe_made
+        while True:
+            if attempt and not core.limiter.clear_to_submit():
+                await core.limiter.before_submit()
+            sent_at = time.time()
+            if record is not None:
+                record.mark_sent()
+            unsettled = True
+            try:
+                return await send(), attempt
+            except MJError as error:
+                last = error
+                if core.retry.max_retries == 0:
+                    raise  # the resilience layer is off: the first error is the answer
+                if phase_of(error) == "unknown":
+                    task_id = await reconcile_submit(core, request, error, sent_at, attempt)
+                    if task_id is not None:
+                        return Resumed(task_id, attempt), attempt
+                    # Proven (or, by policy, assumed) that no task was made: a retry cannot pay twice.
+                    maybe_made = maybe_made or core.retry.on_ambiguous_submit == "resubmit"
+                unsettled = False
+                await _back_off_or_raise(core, error, attempt)
+            attempt += 1
+
+    if not core.limiter.clear_to_submit():
+        await core.limiter.before_submit()  # the pace and a cooldown before the first send are not counted
+    if limit is None:
+        return await attempts()
+    with anyio.move_on_after(limit):
+        return await attempts()
+    if not (unsettled or maybe_made) and last is not None:
+        _note_retries(last, attempt)
+        raise last
+    ambiguous = AmbiguousSubmitError(
+        f"the submit was not settled within Timeouts.total={limit} s (retries and lookups included); "
+        "it may have made a task, so it is not sent again"
+        + (f" (the last attempt: {last})" if last is not None else ""),
+        request=getattr(last, "request", None),
+    )
+    ambiguous.retries_taken = attempt
+    raise ambiguous from last
 
 
 async def submit_for_task_id(
-    core: Core, path: str, body: bytes, headers: dict[str, str] | None, request: AnyRequest
+    core: Core,
+    path: str,
+    body: bytes,
+    headers: dict[str, str] | None,
+    request: AnyRequest,
+    *,
+    record: SendRecord | None = None,
 ) -> tuple[str, int]:
     """POST an asynchronous submit and return the provider's task id for it, and the retries taken.
 
     The id comes from the answer, or from the provider's records when the answer was lost; either
-    way this client holds it from now on.
+    way this client holds it from now on (and `record` has it, with no checkpoint in between).
     """
     answer, retries = await submit_with_retries(
-        core, lambda: core.transport.post(path, body, headers=headers), request
+        core, lambda: core.transport.post(path, body, headers=headers), request, record=record
     )
     if isinstance(answer, Resumed):
         task_id = answer.task_id
     else:
         task_id = core.provider.decode_receipt(answer.body, request=f"POST {path}")
     core.known_tasks.add(task_id)
+    if record is not None:
+        record.accept(task_id)
     return task_id, retries
 
 

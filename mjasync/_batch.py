@@ -9,7 +9,12 @@ async with mj.run_many(mj.imagine(p) for p in prompts) as outcomes:
 The jobs are pulled from the iterable (sync or async) only as slots free up, so a generator of a
 million prompts never sits in memory. One job's failure is its outcome and does not stop the others
 (unless `fail_fast`). Leaving the block early cancels what is running: no task or connection stays
-behind, and `outcomes.unfinished` lists the task ids the provider accepted that did not finish.
+behind, and nothing paid is forgotten: `outcomes.unfinished` lists the task ids of the jobs whose
+outcome you had not received, and `outcomes.unconfirmed` the jobs sent whose task id was not known yet.
+
+The bookkeeping reads each job's own record (`Job.task_id`, `Job.sent_at`), which is written with no
+checkpoint between the event and the note, and a job leaves it only once its outcome has been handed
+to the consumer: whenever the run is cancelled, every job is either received, listed, or never sent.
 """
 
 from __future__ import annotations
@@ -26,13 +31,14 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from ._exceptions import MJError
 from ._job import Job, TaskHandle
+from ._models.requests import JobRequest
 from ._models.results import Result
 from ._types import WaitVia
 
 if sys.version_info < (3, 11):  # pragma: no cover - anyio brings the backport there
     from exceptiongroup import BaseExceptionGroup
 
-__all__ = ["Outcome", "Outcomes", "run_many"]
+__all__ = ["Outcome", "Outcomes", "UnconfirmedSubmit", "run_many"]
 
 R = TypeVar("R", bound=Result)
 
@@ -62,15 +68,45 @@ class Outcome(Generic[R]):
         return int(getattr(source, "retries_taken", 0) or 0)
 
 
+@dataclass(frozen=True, slots=True)
+class UnconfirmedSubmit:
+    """A job of a stopped `run_many` that was sent, but whose task id was not known yet.
+
+    The provider may or may not have made a task for it (and may bill it). Find it with
+    `await client.find_task(job, since=sent_at)` (a job rebuilt with the same `request` will do).
+    """
+
+    #: The job's position in the input.
+    index: int
+    #: The job's request, as it was sent.
+    request: JobRequest
+    #: Unix time of the job's first send.
+    sent_at: float
+
+
 class Outcomes(Generic[R]):
-    """The outcomes of a `run_many`, in completion order; iterate them inside its `async with`."""
+    """The outcomes of a `run_many`, in completion order; iterate them inside its `async with`.
+
+    After the run stopped early (left, cancelled, `fail_fast`), `unfinished` and `unconfirmed` say
+    what the provider may still hold: every job that was sent is either an outcome you received or
+    in one of the two lists.
+    """
 
     def __init__(self, receive: MemoryObjectReceiveStream[Outcome[R]], tracker: _Tracker) -> None:
         self._receive = receive
         self._tracker = tracker
 
-    def __aiter__(self) -> AsyncIterator[Outcome[R]]:
-        return self._receive.__aiter__()
+    def __aiter__(self) -> Outcomes[R]:
+        return self
+
+    async def __anext__(self) -> Outcome[R]:
+        try:
+            outcome = await self._receive.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+        # Only now is it the caller's: an outcome still buffered when the run stops is not.
+        self._tracker.running.pop(outcome.index, None)
+        return outcome
 
     @property
     def started(self) -> int:
@@ -79,14 +115,29 @@ class Outcomes(Generic[R]):
 
     @property
     def unfinished(self) -> list[str]:
-        """Task ids the provider accepted whose jobs had not finished when the run stopped."""
-        return sorted(self._tracker.accepted)
+        """Task ids of jobs whose outcome you have not received (those still running, when the run
+        stopped): the provider accepted them, and they may still finish. Wait on them with
+        `client.task(task_id)`."""
+        return sorted(
+            task_id for work in self._tracker.running.values() if (task_id := work.task_id) is not None
+        )
+
+    @property
+    def unconfirmed(self) -> list[UnconfirmedSubmit]:
+        """Jobs sent whose task id was not known yet when the run stopped, by index: the provider may
+        hold a task for each; `await client.find_task(job, since=entry.sent_at)` looks it up."""
+        return [
+            UnconfirmedSubmit(index, work.request, work.sent_at)
+            for index, work in sorted(self._tracker.running.items())
+            if isinstance(work, Job) and work.task_id is None and work.sent_at is not None
+        ]
 
 
 class _Tracker:
     def __init__(self) -> None:
         self.started = 0
-        self.accepted: set[str] = set()
+        #: Jobs taken from the input whose outcome the consumer has not received, by index.
+        self.running: dict[int, Work[Any]] = {}
         self.first_error: MJError | None = None
         #: An exception raised by the caller's own iterable of jobs.
         self.input_error: Exception | None = None
@@ -161,6 +212,7 @@ async def _feed(
                 slots.release()
                 tracker.input_error = exc
                 break
+            tracker.running[index] = job
             workers.start_soon(
                 _run_one, index, job, send.clone(), slots, tracker, via, fail_fast, on_accepted, outer
             )
@@ -179,11 +231,7 @@ async def _run_one(
     on_accepted: OnAccepted | None,
     outer: TaskGroup,
 ) -> None:
-    task_ids: list[str] = []
-
     def accepted(task_id: str) -> None:
-        task_ids.append(task_id)
-        tracker.accepted.add(task_id)
         if on_accepted is not None:
             on_accepted(index, task_id)
 
@@ -192,15 +240,13 @@ async def _run_one(
             try:
                 result = await _complete(job, via, accepted)
             except MJError as error:
-                task_id = _first(task_ids) or getattr(error, "task_id", None)
+                task_id = job.task_id or getattr(error, "task_id", None)
                 outcome: Outcome[R] = Outcome(index, job, error=error, task_id=task_id)
                 if fail_fast and tracker.first_error is None:
                     tracker.first_error = error
                     outer.cancel_scope.cancel()
             else:
-                outcome = Outcome(index, job, result=result, task_id=result.task_id or _first(task_ids))
-            for task_id in task_ids:
-                tracker.accepted.discard(task_id)
+                outcome = Outcome(index, job, result=result, task_id=result.task_id or job.task_id)
             try:
                 await send.send(outcome)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
@@ -215,10 +261,6 @@ async def _complete(job: Work[R], via: WaitVia, accepted: Callable[[str], None])
         accepted(job.task_id)
         return await job.wait()
     return await job.result(via=via, on_task_id=accepted)
-
-
-def _first(items: list[str]) -> str | None:
-    return items[0] if items else None
 
 
 async def _aiter(jobs: Iterable[Work[R]] | AsyncIterable[Work[R]]) -> AsyncGenerator[Work[R], None]:

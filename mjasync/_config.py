@@ -49,10 +49,18 @@ def _check_positive(name: str, value: float | None, *, allow_none: bool = True) 
 
 
 class Timeouts(msgspec.Struct, kw_only=True, frozen=True):
-    """Socket-level time limits, in seconds.
+    """Time limits for requests, in seconds.
 
     `read` is an idle limit: the longest gap between two reads. A synchronous long-wait call stretches
     it to the server-side `timeout` it sends plus `long_wait_margin`, so the server gives up first.
+
+    `total` is the overall budget of one call, retries included, so a slow drip cannot multiply it:
+    a lookup, describe, translate, shorten or seed, or an asynchronous submit (`job.submit()`, and the
+    submit of `await job` via "poll" or "callback": its sends, its retries and the lookups that settle
+    a lost answer), counted from its first send, each attempt getting what is left. A call out of
+    budget raises `APITimeoutError`; a submit out of budget raises `AmbiguousSubmitError` (it may have
+    made a task: `Client.find_task(job, since=job.sent_at)`). A stream or a synchronous long wait is
+    the wait itself, so `PollPolicy.deadline` bounds it, as it bounds all waiting for a result.
     """
 
     connect: float = 10.0
@@ -60,7 +68,7 @@ class Timeouts(msgspec.Struct, kw_only=True, frozen=True):
     read: float = 60.0
     #: Idle gap allowed between two ndjson lines (a job may sit in a queue before its first line).
     stream_read: float = 900.0
-    #: Overall limit for one plain request; None for no limit.
+    #: Overall budget of one call or submit with all its retries, from its first send; None for none.
     total: float | None = 120.0
     long_wait_margin: float = 30.0
 
@@ -104,7 +112,24 @@ class Limits(msgspec.Struct, kw_only=True, frozen=True):
 
 
 class PollPolicy(msgspec.Struct, kw_only=True, frozen=True):
-    """How a submitted job is polled: a growing interval, and an overall deadline."""
+    """How a submitted job is waited on: a growing poll interval, and one overall deadline.
+
+    `deadline` bounds every way of waiting for a job: `await job` with every `via` (stream, poll,
+    callback, sync long wait), iterating `job.stream()`, and `TaskHandle.wait()` / `updates()` (GoAPI's
+    describe and seed, run as tasks, too). It is counted from the job's first send, so a stream that
+    broke and carries on by polling, or a long wait cut by a 504, gets no fresh deadline. When it runs
+    out, `WaitTimeoutError` (with `task_id` when known) is raised; the job may still finish.
+
+    With the defaults, every such await returns or raises within `deadline` (900 s) of the job's first
+    send. Not counted: waiting for an in-flight slot held by the client's other jobs, and a shared 429
+    cooldown before the first send (at most `RetryPolicy.max_retry_after`). `await job.submit()` is
+    bounded by `Timeouts.total`; a handle waited on later counts its deadline from that same first
+    send (a handle from `Client.task(id)` from its first wait), and `wait(deadline=s)` counts `s`
+    from the call.
+
+    A task the provider keeps saying it has no record of ends the wait sooner: after
+    `max_missing_lookups` lookups in a row without its record, `TaskNotFoundError` is raised.
+    """
 
     #: The first poll comes this long after the submit.
     initial_interval: float = 2.0
@@ -112,7 +137,8 @@ class PollPolicy(msgspec.Struct, kw_only=True, frozen=True):
     factor: float = 1.5
     #: ... up to this.
     max_interval: float = 10.0
-    #: Give up waiting (the job may still finish) after this many seconds; None waits forever.
+    #: Give up waiting (the job may still finish) this many seconds after the job's first send; None
+    #: waits forever.
     deadline: float | None = 900.0
     #: Waiters are gathered for this long so that one `retrieve_batch` serves many.
     batch_window: float = 0.02
@@ -121,6 +147,9 @@ class PollPolicy(msgspec.Struct, kw_only=True, frozen=True):
     #: A job awaited by callback is polled only once no callback has come for this long (the
     #: callback may be lost); then every `max_interval` until a callback or the result arrives.
     callback_grace: float = 120.0
+    #: Lookups in a row that find no record of the task (a just-accepted task may not be indexed yet,
+    #: so one is not enough) before the wait ends with `TaskNotFoundError`; any record resets the count.
+    max_missing_lookups: int = 3
 
     def __post_init__(self) -> None:
         _check_positive("PollPolicy.initial_interval", self.initial_interval, allow_none=False)
@@ -133,6 +162,11 @@ class PollPolicy(msgspec.Struct, kw_only=True, frozen=True):
             raise InvalidRequestError(f"PollPolicy.batch_window must be >= 0, got {self.batch_window!r}")
         if isinstance(self.max_batch, bool) or not isinstance(self.max_batch, int) or self.max_batch < 1:
             raise InvalidRequestError(f"PollPolicy.max_batch must be a positive int, got {self.max_batch!r}")
+        missing = self.max_missing_lookups
+        if isinstance(missing, bool) or not isinstance(missing, int) or missing < 1:
+            raise InvalidRequestError(
+                f"PollPolicy.max_missing_lookups must be a positive int, got {missing!r}"
+            )
 
 
 class RetryPolicy(msgspec.Struct, kw_only=True, frozen=True):

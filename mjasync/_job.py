@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -11,6 +12,7 @@ import anyio
 from ._attempts import (
     KnownTasks,
     Resumed,
+    SendRecord,
     call_with_retries,
     submit_for_task_id,
     submit_with_retries,
@@ -77,6 +79,11 @@ class Job(Generic[R]):
     - `await job.submit()` gives a `TaskHandle` at once, to wait on later.
 
     Using a job a second time raises `RuntimeError` rather than paying for the work twice.
+
+    Every way of waiting ends within `PollPolicy.deadline` of the job's first send. A caller who gives
+    up on a job (cancels it, or a `run_many` around it) finds what the provider may hold in
+    `job.task_id` (the task, once its id is known) and `job.sent_at` (when it was first sent; with no
+    task id, the task may still exist: `await client.find_task(job, since=job.sent_at)`).
     """
 
     def __init__(self, core: Core, kind: type[R], request: JobRequest) -> None:
@@ -85,6 +92,17 @@ class Job(Generic[R]):
         self._kind = kind
         self._request = request
         self._sent = False
+        self._record = SendRecord(core.poll.deadline)
+
+    @property
+    def task_id(self) -> str | None:
+        """The provider's id for this job, from the moment it is known; None before."""
+        return self._record.task_id
+
+    @property
+    def sent_at(self) -> float | None:
+        """Unix time of the job's first send (noted just before it went out); None if never sent."""
+        return self._record.sent_at
 
     @property
     def request(self) -> JobRequest:
@@ -115,7 +133,7 @@ class Job(Generic[R]):
         A provider without progress streams follows a "stream" by polling, and one without long waits
         polls for "sync". `on_task_id` is called once with the provider's task id as soon as it is
         known (to journal it, say). The job holds one of the client's in-flight slots from its submit
-        to its result.
+        to its result. `WaitTimeoutError` is raised `PollPolicy.deadline` seconds after the first send.
         """
         core = self._core
         asked = via
@@ -135,13 +153,12 @@ class Job(Generic[R]):
                 )
         if via == "sync" and not core.provider.long_waits:
             via = "poll"
+        if not self._sent:  # a second use raises below, and must not take over the first's listener
+            self._record.on_task_id = on_task_id
         if via == "stream":
-            reported = False
             async with self.stream() as updates:
                 async for _ in updates:
-                    if on_task_id is not None and not reported and updates.task_id:
-                        reported = True
-                        on_task_id(updates.task_id)
+                    pass
             if updates.final is None:
                 raise StreamInterruptedError(
                     "the updates ended without a final result",
@@ -150,13 +167,12 @@ class Job(Generic[R]):
                 )
             return updates.final
         async with self._core.limiter.slot(self):
-            if via in ("poll", "callback"):
-                handle = await self._submit(callbacks=via == "callback")
-                if on_task_id is not None:
-                    on_task_id(handle.task_id)
-                result = await handle.wait()
-            else:
-                result = await self._long_wait(on_task_id)
+            with self._record.bounded():
+                if via in ("poll", "callback"):
+                    handle = await self._submit(callbacks=via == "callback")
+                    result = await handle.wait()
+                else:
+                    result = await self._long_wait()
         self._core.limiter.succeeded()
         return result
 
@@ -172,13 +188,25 @@ class Job(Generic[R]):
         core = self._core
         inbox, target, close = core.open_inbox(self._kind, self._request, progress=True)
         path, body, headers = core.provider.job_request(self._request, via="stream", callback=target)
-        return JobStream(core, self._kind, self._request, path, body, headers, inbox=inbox, close_route=close)
+        return JobStream(
+            core,
+            self._kind,
+            self._request,
+            path,
+            body,
+            headers,
+            record=self._record,
+            inbox=inbox,
+            close_route=close,
+        )
 
     async def submit(self) -> TaskHandle[R]:
         """Send the job asynchronously and return its handle at once.
 
         With a `WebhookReceiver` on the client (and no `callback_url` of your own) the provider is
-        asked to call back, and the handle waits for that, polling only if it is late.
+        asked to call back, and the handle waits for that, polling only if it is late. The submit
+        takes at most `Timeouts.total`; the handle's wait ends `PollPolicy.deadline` after the first
+        send.
         """
         return await self._submit(callbacks=True)
 
@@ -193,7 +221,9 @@ class Job(Generic[R]):
         via: WaitVia = "callback" if target is not None else "poll"
         path, body, headers = core.provider.job_request(self._request, via=via, callback=target)
         try:
-            task_id, retries = await submit_for_task_id(core, path, body, headers, self._request)
+            task_id, retries = await submit_for_task_id(
+                core, path, body, headers, self._request, record=self._record
+            )
         except BaseException:
             close()
             raise
@@ -207,26 +237,30 @@ class Job(Generic[R]):
             retries_taken=retries,
             inbox=inbox,
             close_route=close,
+            record=self._record,
         )
 
-    async def _long_wait(self, on_task_id: Callable[[str], None] | None) -> R:
+    async def _long_wait(self) -> R:
         self._claim()
         core = self._core
         path, body, headers = core.provider.job_request(self._request, via="sync")
         server_timeout = self._request.timeout or DEFAULT_SERVER_TIMEOUT
         # Read longer than the server waits, so its 504 (which keeps the task retrievable) arrives first.
         read = server_timeout + core.transport.timeouts.long_wait_margin
+        # The wait itself is the answer, so no `Timeouts.total` budget: the job's deadline bounds it.
         answer, retries = await submit_with_retries(
             core,
             lambda: core.transport.post(path, body, headers=headers, read_timeout=read, total_timeout=None),
             self._request,
+            record=self._record,
+            budget=None,
         )
         if isinstance(answer, Resumed):
-            # The long wait was cut short (a 504, a dropped connection) but the task exists: poll it.
+            # The long wait was cut short (a 504, a dropped connection) but the task exists: poll it,
+            # within the deadline that started with the first send.
             core.known_tasks.add(answer.task_id)
-            if on_task_id is not None:
-                on_task_id(answer.task_id)
-            handle = TaskHandle(core, self._kind, answer.task_id, retries_taken=retries)
+            self._record.accept(answer.task_id)
+            handle = TaskHandle(core, self._kind, answer.task_id, retries_taken=retries, record=self._record)
             return await handle.wait()
         result = core.provider.decode_result(self._kind, answer.body, request=f"POST {path}")
         if result.failed:
@@ -237,8 +271,7 @@ class Job(Generic[R]):
             )
         if result.task_id:
             core.known_tasks.add(result.task_id)
-            if on_task_id is not None:
-                on_task_id(result.task_id)
+            self._record.accept(result.task_id)
         return with_retries_taken(result, retries)
 
     def _claim(self) -> None:
@@ -253,7 +286,9 @@ class TaskHandle(Generic[R]):
     """A submitted job, known by its `task_id`: wait on it, follow its progress, or read its record.
 
     Waiting polls the tasks endpoint with a growing interval; handles waiting at the same time share
-    one batched lookup per round.
+    one batched lookup per round. By default a wait ends `PollPolicy.deadline` seconds after the job's
+    first send (for a handle made from a bare task id, after its first wait began), and sooner with
+    `TaskNotFoundError` when lookup after lookup the provider has no record of the task.
     """
 
     def __init__(
@@ -266,12 +301,15 @@ class TaskHandle(Generic[R]):
         retries_taken: int = 0,
         inbox: CallbackInbox[R] | None = None,
         close_route: Callable[[], None] = _nothing,
+        record: SendRecord | None = None,
     ) -> None:
         self._core = core
         self._kind = kind
         self._first_poll_delay = first_poll_delay
         self._inbox = inbox
         self._close_route = close_route
+        #: Where the default deadline counts from: the job's first send, else the first wait.
+        self._started_at = record.sent_clock if record is not None else None
         #: The provider's id for this job.
         self.task_id = task_id
         #: Retries its submit took.
@@ -292,10 +330,24 @@ class TaskHandle(Generic[R]):
         return record
 
     def updates(self, *, deadline: float | NotGiven | None = NOT_GIVEN) -> TaskUpdates[R]:
-        """Iterate the task's progress by polling: each newer update, then the final result."""
-        limit = self._core.poll.deadline if isinstance(deadline, NotGiven) else deadline
+        """Iterate the task's progress by polling: each newer update, then the final result.
+
+        `deadline` (seconds from now; None for none) defaults to the client's `PollPolicy.deadline`
+        counted from the job's first send.
+        """
+        if isinstance(deadline, NotGiven):
+            if self._started_at is None:
+                self._started_at = time.monotonic()
+            limit, started_at = self._core.poll.deadline, self._started_at
+        else:
+            limit, started_at = deadline, None
         cursor = PollCursor(
-            self._core, self._kind, self.task_id, first_poll_delay=self._first_poll_delay, deadline=limit
+            self._core,
+            self._kind,
+            self.task_id,
+            first_poll_delay=self._first_poll_delay,
+            deadline=limit,
+            started_at=started_at,
         )
         if self._inbox is None:
             return TaskUpdates(cursor, self.retries_taken)
@@ -312,8 +364,9 @@ class TaskHandle(Generic[R]):
         """Wait until the job finishes (by callback if it was submitted with one, else by polling) and
         return its result; raise `JobFailedError` if it failed.
 
-        `deadline` (seconds; None for none) defaults to the client's `PollPolicy.deadline`; when it
-        runs out, `WaitTimeoutError` is raised and the job may still finish later.
+        `deadline` (seconds from now; None for none) defaults to the client's `PollPolicy.deadline`
+        counted from the job's first send; when it runs out, `WaitTimeoutError` is raised and the job
+        may still finish later. A task the provider keeps not knowing raises `TaskNotFoundError`.
         """
         result: R | None = None
         async for update in self.updates(deadline=deadline):

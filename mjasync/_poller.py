@@ -21,7 +21,14 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import anyio
 import backoff
 
-from ._exceptions import JobFailedError, MJError, WaitTimeoutError
+from ._exceptions import (
+    BadRequestError,
+    JobFailedError,
+    MJError,
+    NotFoundError,
+    TaskNotFoundError,
+    WaitTimeoutError,
+)
 from ._models.results import Result
 from ._models.task import TaskRecord
 from ._retry import phase_of
@@ -171,6 +178,9 @@ class PollCursor(Generic[R]):
 
     Lookups go through the client's shared poller (one `retrieve_batch` serves every waiting task),
     with a growing interval between them. Updates that repeat what was already seen are skipped.
+
+    The wait ends at `deadline` seconds from `started_at` (a `time.monotonic()`; default: now), and
+    after `PollPolicy.max_missing_lookups` lookups in a row that find no record of the task.
     """
 
     def __init__(
@@ -182,10 +192,14 @@ class PollCursor(Generic[R]):
         first_poll_delay: float = 0.0,
         seen_progress: float = -1.0,
         deadline: float | None = None,
+        started_at: float | None = None,
     ) -> None:
         self._core = core
         self._deadline = deadline
-        self._deadline_at = None if deadline is None else time.monotonic() + deadline
+        start = time.monotonic() if started_at is None else started_at
+        self._deadline_at = None if deadline is None else start + deadline
+        #: Lookups in a row that found no record of the task.
+        self._misses = 0
         self._kind = kind
         self._task_id = task_id
         self._delay = first_poll_delay
@@ -200,8 +214,9 @@ class PollCursor(Generic[R]):
     async def next(self) -> R:
         """The task's next state worth reporting.
 
-        Raises `JobFailedError` if the provider failed the job, and `WaitTimeoutError` once the
-        deadline (seconds from the cursor's creation) has passed; the job may still finish then.
+        Raises `JobFailedError` if the provider failed the job, `TaskNotFoundError` once
+        `max_missing_lookups` lookups in a row found no record of it, and `WaitTimeoutError` once the
+        deadline has passed (the job may still finish then).
         """
         if self.done:
             raise RuntimeError("the task already finished")
@@ -220,7 +235,7 @@ class PollCursor(Generic[R]):
     async def check(self) -> R | None:
         """Look the task up once (no wait first): its final result, a newer update, or None for no news.
 
-        Raises `JobFailedError` if the provider failed the job.
+        Raises `JobFailedError` if the provider failed the job, `TaskNotFoundError` like `next()`.
         """
         return await self._look(0.0)
 
@@ -231,6 +246,10 @@ class PollCursor(Generic[R]):
         self._delay = next(self._intervals) * (1.0 - 0.1 * random.random())
         try:
             body = await self._core.poller.poll(self._task_id, delay=delay, early=EARLY_SHARE * delay)
+        except (BadRequestError, NotFoundError) as error:
+            # How a provider answers a lookup of one id it does not know (AceData: 400 "not found").
+            self._missed(error)
+            return None
         except MJError as error:
             # A lookup that failed even after its retries is no news about the job; only a
             # refusal (401, 403, ...) ends the wait. The deadline bounds the rest.
@@ -238,7 +257,9 @@ class PollCursor(Generic[R]):
                 raise
             return None
         if body is None:
+            self._missed(None)
             return None
+        self._misses = 0
         record: TaskRecord[R] = self._core.provider.decode_task(body, self._kind)
         state = self._core.provider.task_state(record)
         response = record.response
@@ -250,6 +271,23 @@ class PollCursor(Generic[R]):
         if state == "running" and response is not None:
             return self._newer(response)
         return None
+
+    def _missed(self, error: MJError | None) -> None:
+        """A lookup found no record of the task: past `max_missing_lookups` in a row, the wait ends.
+
+        One miss is not enough: a task the provider just accepted may not be indexed yet.
+        """
+        self._misses += 1
+        limit = self._core.poll.max_missing_lookups
+        if self._misses >= limit:
+            raise TaskNotFoundError(
+                f"the provider has no record of task {self._task_id} ({limit} lookups in a row)"
+                + (f": {error}" if error is not None else ""),
+                task_id=self._task_id,
+                status=getattr(error, "status", None),
+                code=getattr(error, "code", None),
+                request=getattr(error, "request", None),
+            ) from error
 
     def offer(self, update: R) -> R | None:
         """Judge an update that came another way (a callback): final, newer, or None when stale.

@@ -41,6 +41,9 @@ V = TypeVar("V")
 
 #: What a secret is replaced with.
 REDACTED: Final = "[redacted]"
+#: A secret shorter than this cannot be told from ordinary text (replacing "k" would mangle every
+#: message), so it is not held; no provider issues keys that short.
+MIN_SECRET: Final = 8
 #: A part of a secret this long or longer, cut off by the edge of a quoted excerpt, is redacted too.
 MIN_PARTIAL: Final = 6
 
@@ -73,8 +76,11 @@ def _release(secret: str) -> None:
 
 
 def hold(owner: object, secret: str | None) -> None:
-    """Register `secret` for as long as `owner` lives (owners may share a secret)."""
-    if not secret:
+    """Register `secret` for as long as `owner` lives (owners may share a secret).
+
+    A secret shorter than `MIN_SECRET` characters is not held (see there).
+    """
+    if not secret or len(secret) < MIN_SECRET:
         return
     with _lock:
         _held[secret] = _held.get(secret, 0) + 1

@@ -8,7 +8,14 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Generic, TypeVar
 
-from ._attempts import Resumed, reconcile_submit, submit_for_task_id, submit_with_retries, with_retries_taken
+from ._attempts import (
+    Resumed,
+    SendRecord,
+    reconcile_submit,
+    submit_for_task_id,
+    submit_with_retries,
+    with_retries_taken,
+)
 from ._callbacks import CallbackFollower, CallbackInbox
 from ._exceptions import (
     APIConnectionError,
@@ -29,6 +36,9 @@ if TYPE_CHECKING:
 __all__ = ["JobStream"]
 
 R = TypeVar("R", bound=Result)
+
+#: The least overall timeout a stream is opened with (aiohttp reads 0 as "none").
+_LEAST_TIMEOUT = 0.001
 
 #: Failures that break a stream without the provider saying the job failed.
 _BREAKS = (APIConnectionError, StreamInterruptedError, MalformedLineError, LineTooLongError)
@@ -54,6 +64,10 @@ class JobStream(Generic[R]):
     carries on by polling the task: the remaining updates and the final result arrive without a
     second submit and without repeats (`resumed` turns True). If it breaks before any line, the
     provider's records are checked first, exactly as for any submit of unknown fate.
+
+    Iteration ends with `WaitTimeoutError` `PollPolicy.deadline` seconds after the job's first send,
+    however the updates arrive (a stream that never sends its final line, a drip, polling after a
+    break): the connection is dropped and `task_id` (if known) names the task, which may still finish.
     """
 
     def __init__(
@@ -65,10 +79,13 @@ class JobStream(Generic[R]):
         body: bytes,
         headers: dict[str, str],
         *,
+        record: SendRecord | None = None,
         inbox: CallbackInbox[R] | None = None,
         close_route: Callable[[], None] | None = None,
     ) -> None:
         self._core = core
+        #: The job's first send and task id (shared with its `Job`); the deadline counts from there.
+        self._record = record if record is not None else SendRecord(core.poll.deadline)
         self._inbox = inbox
         self._close_route = close_route
         self._kind = kind
@@ -84,14 +101,17 @@ class JobStream(Generic[R]):
         self._retries = 0
         #: When the current stream was sent (wall clock): a lookup after a break searches from here.
         self._sent_at = 0.0
-        #: The job's task id, once the first line has arrived.
-        self.task_id: str | None = None
         #: The most recent update.
         self.last: R | None = None
         #: The final result, once it has arrived.
         self.final: R | None = None
         #: Whether the stream broke and the rest came from polling.
         self.resumed = False
+
+    @property
+    def task_id(self) -> str | None:
+        """The job's task id, from the moment it is known (the first line, or the submit's answer)."""
+        return self._record.task_id
 
     async def __aenter__(self) -> JobStream[R]:
         return self
@@ -107,6 +127,11 @@ class JobStream(Generic[R]):
     async def __anext__(self) -> R:
         if self._finished:
             raise StopAsyncIteration
+        deadline_at = self._record.deadline_at
+        if deadline_at is not None and time.monotonic() >= deadline_at:
+            # Checked here too: lines already buffered are handed out without a checkpoint to cancel.
+            self._close()
+            raise self._record.timed_out()
         reader = self._reader
         if reader is not None and (update := reader.buffered()) is not None:
             # Lines of a chunk already read and decoded: handed out here, with no further frames.
@@ -132,6 +157,12 @@ class JobStream(Generic[R]):
         self._close()
 
     async def _next(self) -> R:
+        """The next update; every wait in it ends at the job's deadline.
+
+        Reading lines, the hot path, is bounded by the connection's own overall timeout (set to the
+        time left when the stream was sent: one timer per stream, none per line); polling by the
+        cursor's deadline; sending and settling a break by a cancel scope.
+        """
         if not self._holds_slot:
             await self._core.limiter.acquire(self)
             self._holds_slot = True
@@ -141,7 +172,8 @@ class JobStream(Generic[R]):
             if self._cursor is not None:
                 return self._note(await self._next_polled())
             if self._reader is None:
-                await self._open()
+                with self._record.bounded():
+                    await self._open()
                 continue
             try:
                 update = await self._reader.next_update()
@@ -159,7 +191,8 @@ class JobStream(Generic[R]):
                 self._drop_connection()
                 if self.final is not None:
                     raise StopAsyncIteration from None  # broke while draining: we have it all
-                await self._after_break(exc)
+                with self._record.bounded():
+                    await self._after_break(exc)
                 continue
             if admitted is not None:
                 return self._note(admitted)
@@ -171,12 +204,23 @@ class JobStream(Generic[R]):
             # there (AceData: every ndjson line; GoAPI: `notify_progress`).
             await self._submit_to_follow()
             return
-        timeout = core.transport.client_timeout(read=core.transport.timeouts.stream_read)
         self._sent_at = time.time()
+        # No `Timeouts.total` budget: the stream is the wait itself (its headers may wait on a queue),
+        # and the job's deadline bounds it.
+        transport = core.transport
         answer, retries = await submit_with_retries(
             core,
-            lambda: core.transport.open(self._path, self._body, headers=self._headers, timeout=timeout),
+            lambda: transport.open(
+                self._path,
+                self._body,
+                headers=self._headers,
+                timeout=transport.client_timeout(
+                    read=transport.timeouts.stream_read, total=self._time_left()
+                ),
+            ),
             self._request,
+            record=self._record,
+            budget=None,
         )
         self._retries += retries
         if isinstance(answer, Resumed):
@@ -192,11 +236,16 @@ class JobStream(Generic[R]):
             request=f"POST {self._path}",
         )
 
+    def _time_left(self) -> float | None:
+        """Seconds to the job's deadline (at least a sliver), as the stream connection's overall limit."""
+        deadline_at = self._record.deadline_at
+        return None if deadline_at is None else max(deadline_at - time.monotonic(), _LEAST_TIMEOUT)
+
     async def _submit_to_follow(self) -> None:
         """Submit, then follow the task by callback or by polling (no progress stream to read)."""
         core = self._core
         task_id, retries = await submit_for_task_id(
-            core, self._path, self._body, self._headers, self._request
+            core, self._path, self._body, self._headers, self._request, record=self._record
         )
         self._retries += retries
         self._follow(task_id, first_poll_delay=core.poll.initial_interval)
@@ -206,7 +255,7 @@ class JobStream(Generic[R]):
         if self.final is not None:
             return None  # not ours to interpret (a bad line here ends the stream quietly: see _next)
         if update.task_id and update.task_id != self.task_id:
-            self.task_id = update.task_id
+            self._record.accept(update.task_id)
             self._core.known_tasks.add(update.task_id)
             if self._inbox is not None:
                 self._inbox.expect(update.task_id)
@@ -216,6 +265,10 @@ class JobStream(Generic[R]):
 
     async def _after_break(self, error: MJError) -> None:
         """Carry on after a break: by polling a known task, or after checking the provider's records."""
+        deadline_at = self._record.deadline_at
+        if deadline_at is not None and time.monotonic() >= deadline_at:
+            # The connection's own overall timeout (the job's deadline) ended it: that is the answer.
+            raise self._record.timed_out() from error
         if self._core.retry.max_retries == 0:
             raise error  # the resilience layer is off
         if self.task_id is not None:
@@ -236,8 +289,11 @@ class JobStream(Generic[R]):
         self._follow(task_id)
 
     def _follow(self, task_id: str, *, first_poll_delay: float = 0.0) -> None:
-        """Carry on from the task's record: by callback when the job has an inbox, else by polling."""
-        self.task_id = task_id
+        """Carry on from the task's record: by callback when the job has an inbox, else by polling.
+
+        The deadline still counts from the job's first send: a resumed stream gets no fresh one.
+        """
+        self._record.accept(task_id)
         seen = self.last.progress if self.last is not None and hasattr(self.last, "progress") else None
         cursor = PollCursor(
             self._core,
@@ -245,7 +301,8 @@ class JobStream(Generic[R]):
             task_id,
             first_poll_delay=first_poll_delay,
             seen_progress=-1.0 if seen is None else seen,
-            deadline=self._core.poll.deadline,
+            deadline=self._record.deadline,
+            started_at=self._record.sent_clock,
         )
         if self._inbox is None:
             self._cursor = cursor

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import msgspec
+import pytest
 
 import mjasync
 
@@ -59,3 +60,16 @@ def test_version_comes_from_the_package_metadata() -> None:
     from importlib.metadata import version
 
     assert mjasync.__version__ == version("mjasync")
+
+
+def test_unconfirmed_submit_is_a_frozen_record_of_a_sent_job() -> None:
+    """`mjasync.UnconfirmedSubmit` (in `Outcomes.unconfirmed`) holds index, request and sent_at, frozen."""
+    import dataclasses
+
+    fields = [f.name for f in dataclasses.fields(mjasync.UnconfirmedSubmit)]
+    assert fields == ["index", "request", "sent_at"]
+    request = mjasync.Client(api_key="k" * 16, base_url="http://127.0.0.1:9").imagine("a cat").request
+    entry = mjasync.UnconfirmedSubmit(index=3, request=request, sent_at=1.5)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        entry.index = 4  # type: ignore[misc]
+    assert issubclass(mjasync.TaskNotFoundError, mjasync.APIError)

@@ -18,12 +18,14 @@ from typing import Any
 import aiohttp
 import anyio
 import pytest
+from aiohttp import web
 
 import mjasync
 from mjasync.emulator import FAULT_HEADER, Emulator
 from mjasync.testing import EMULATOR_TOKEN
 
 from ..conftest import FAST_POLL, open_connections
+from ..helpers import serving
 
 IMAGINE = "/midjourney/imagine"
 TASKS = "/midjourney/tasks"
@@ -503,13 +505,29 @@ async def test_fatal_statuses_are_never_retried(
 
 
 @VIAS
-async def test_a_404_is_never_retried(mj_emulator: Emulator, via: str) -> None:
-    """A wrong base path answers 404: NotFoundError after one request, nothing looked up."""
-    script = FaultScript()
-    async with scripted(mj_emulator, script, base_url=f"{mj_emulator.url}/nowhere") as mj:
-        with pytest.raises(mjasync.NotFoundError):
-            await finish(mj, mj.imagine("lost"), via)
-    assert [p for _, p, _ in script.log] == ["/nowhere" + IMAGINE]
+async def test_a_404_is_never_retried(via: str) -> None:
+    """A server that answers 404 (a wrong path, say): NotFoundError after one request, nothing looked up.
+
+    (A base URL with a path prefix, which used to provoke the 404 here, is now refused before sending.)
+    """
+    seen: list[str] = []
+
+    async def not_found(request: web.Request) -> web.Response:
+        seen.append(request.path)
+        return web.json_response(
+            {"success": False, "error": {"code": "not_found", "message": "no such path"}}, status=404
+        )
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", not_found)
+    async with serving(app) as port:
+        retry = mjasync.RetryPolicy(initial_delay=0.01, max_delay=0.01, reconcile_delay=0)
+        async with mjasync.Client(
+            api_key=EMULATOR_TOKEN, base_url=f"http://127.0.0.1:{port}", poll=FAST_POLL, retry=retry
+        ) as mj:
+            with pytest.raises(mjasync.NotFoundError):
+                await finish(mj, mj.imagine("lost"), via)
+    assert seen == [IMAGINE]
 
 
 #: (name, path, call); the call gets the grid made first: its image_id, or its task_id for task lookups.
@@ -626,3 +644,31 @@ async def test_retries_taken_is_recorded_on_errors(
     assert caught.value.retries_taken == retries
     assert len(posts(mj_emulator)) == retries + 1
     assert mj_emulator.counters["submits"] == 0
+
+
+async def test_a_task_id_the_provider_does_not_know_ends_with_task_not_found(
+    mj: mjasync.Client, mj_emulator: Any
+) -> None:
+    """`mj.task("no-such-id").wait()` ends with TaskNotFoundError after a few lookups (the emulator
+    answers a lookup of an unknown id 400 "not found"), alone or batched with a real task."""
+    with anyio.fail_after(30), pytest.raises(mjasync.TaskNotFoundError) as caught:
+        await mj.task("no-such-id").wait()
+    assert caught.value.task_id == "no-such-id"
+    lookups = [r for r in mj_emulator.requests if r.path == "/midjourney/tasks"]
+    assert len(lookups) == mjasync.PollPolicy().max_missing_lookups
+
+    real = await mj.imagine("a cat").submit()
+    outcomes: dict[str, BaseException | mjasync.ImagineResult] = {}
+
+    async def wait(handle: mjasync.TaskHandle[mjasync.ImagineResult]) -> None:
+        try:
+            outcomes[handle.task_id] = await handle.wait()
+        except mjasync.MJError as exc:
+            outcomes[handle.task_id] = exc
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as group:
+            group.start_soon(wait, mj.task("no-such-id-2"))
+            group.start_soon(wait, real)
+    assert isinstance(outcomes["no-such-id-2"], mjasync.TaskNotFoundError)
+    assert isinstance(outcomes[real.task_id], mjasync.ImagineResult)

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import anyio
 import pytest
+from aiohttp import web
 
 import mjasync
 from mjasync.emulator import Emulator
 from mjasync.testing import EMULATOR_TOKEN
 
 from ..conftest import FAST_POLL, open_connections
+from ..helpers import serving
 
 
 async def test_outcomes_arrive_for_every_job_with_batched_polling(
@@ -156,3 +160,60 @@ async def test_a_rebuilt_handle_is_never_adopted_by_a_lookup(mj: mjasync.Client)
     second = (await mj.with_options().imagine("same prompt").submit()).task_id
     mj.task(first)
     assert await mj.find_task(mj.imagine("same prompt"), since=since) == second
+
+
+def _one_undecodable_receipt_app(bad_submit: int, depth: int) -> web.Application:
+    """AceData imagine (async) and tasks: submit number `bad_submit` (1-based) is answered 200 with JSON
+    nested `depth` deep; every other gets a task id, whose lookup says it finished."""
+    submits = 0
+
+    async def imagine(request: web.Request) -> web.Response:
+        nonlocal submits
+        await request.read()
+        submits += 1
+        if submits == bad_submit:
+            return web.Response(body=b"[" * depth + b"]" * depth, content_type="application/json")
+        return web.json_response({"task_id": f"task-{submits}"})
+
+    def record(task_id: str) -> dict[str, Any]:
+        response = {
+            "success": True,
+            "task_id": task_id,
+            "image_id": f"image-{task_id}",
+            "image_url": f"https://cdn.example/{task_id}.png",
+            "progress": 100,
+            "actions": ["upscale1"],
+        }
+        return {"id": task_id, "type": "imagine", "response": response}
+
+    async def tasks(request: web.Request) -> web.Response:
+        body = json.loads(await request.read())
+        if body.get("action") == "retrieve":
+            return web.json_response(record(body["id"]))
+        items = [record(task_id) for task_id in body.get("ids") or []]
+        return web.json_response({"items": items, "count": len(items)})
+
+    app = web.Application()
+    app.router.add_post("/midjourney/imagine", imagine)
+    app.router.add_post("/midjourney/tasks", tasks)
+    return app
+
+
+async def test_one_undecodable_answer_is_that_jobs_outcome_and_the_others_go_on() -> None:
+    """20 jobs; only the 5th submit gets a 200 whose JSON nests 5,000 deep: 19 results and one
+    `MJError` outcome (a decode error), with nothing raised out of the run."""
+    async with serving(_one_undecodable_receipt_app(bad_submit=5, depth=5000)) as port:
+        async with mjasync.Client(
+            api_key=EMULATOR_TOKEN, base_url=f"http://127.0.0.1:{port}", poll=FAST_POLL
+        ) as client:
+            with anyio.fail_after(60):
+                async with client.run_many(
+                    (client.imagine(f"a cat {i}") for i in range(20)), concurrency=1
+                ) as outcomes:
+                    seen = [outcome async for outcome in outcomes]
+    failed = [outcome for outcome in seen if not outcome.ok]
+    assert len(seen) == 20 and sorted(o.index for o in seen) == list(range(20))
+    assert len(failed) == 1 and failed[0].index == 4
+    assert isinstance(failed[0].error, mjasync.MJError)
+    assert all(o.result is not None and o.result.is_final for o in seen if o.ok)
+    assert outcomes.unfinished == [] and outcomes.unconfirmed == []

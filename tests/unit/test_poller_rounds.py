@@ -4,14 +4,17 @@ sleepers near due (soonest first, up to `max_batch`), early and never late."""
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import anyio
+import msgspec
 import pytest
 
 import mjasync
 from mjasync import _poller
 from mjasync._poller import TaskPoller
+from mjasync._providers import get_provider
 from mjasync.emulator import DEFAULT_TOKEN, Emulator
 
 WINDOW = 0.005
@@ -226,3 +229,81 @@ async def test_many_waiting_jobs_fill_batches_up_to_max_batch() -> None:
     lookups, ids, sizes = await lookups_for_staggered_jobs(120, gap=0.002)
     assert max(sizes) <= 50
     assert ids / lookups >= 25, sizes
+
+
+# --- a task the provider has no record of ----------------------------------------------------------
+
+
+class Script:
+    """A fake `fetch` that answers each lookup from a script: None for "no such record", an
+    exception to raise, or a task record (as the provider would send it)."""
+
+    def __init__(self, *answers: dict[str, Any] | Exception | None) -> None:
+        self.answers = list(answers)
+        self.lookups = 0
+
+    async def __call__(self, ids: list[str]) -> dict[str, bytes]:
+        self.lookups += 1
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return {} if answer is None else {task_id: msgspec.json.encode(answer) for task_id in ids}
+
+
+def cursor_over(fetch: Script, *, max_missing: int = 3) -> _poller.PollCursor[mjasync.ImagineResult]:
+    """A cursor on task "t" whose lookups go to `fetch`, with no wait between them."""
+    policy = mjasync.PollPolicy(
+        initial_interval=0.001, max_interval=0.001, batch_window=0.0, max_missing_lookups=max_missing
+    )
+    core: Any = SimpleNamespace(
+        poller=TaskPoller(fetch, window=0.0, max_batch=50), provider=get_provider("acedata"), poll=policy
+    )
+    return _poller.PollCursor(core, mjasync.ImagineResult, "t", deadline=60)
+
+
+RUNNING = {"id": "t", "response": {"success": True, "task_id": "t", "progress": 40}}
+FINAL = {
+    "id": "t",
+    "response": {
+        "success": True,
+        "task_id": "t",
+        "progress": 100,
+        "image_id": "i1",
+        "image_url": "http://x/y.png",
+        "actions": ["upscale1"],
+    },
+}
+
+
+async def test_a_task_with_no_record_ends_after_max_missing_lookups() -> None:
+    """Lookups that keep finding no record end the wait with TaskNotFoundError (its task_id set),
+    after exactly `max_missing_lookups` of them, not at the deadline."""
+    fetch = Script(None, None, None, None)
+    with anyio.fail_after(30):
+        with pytest.raises(mjasync.TaskNotFoundError) as caught:
+            await cursor_over(fetch).next()
+    assert caught.value.task_id == "t"
+    assert fetch.lookups == 3
+
+
+async def test_misses_are_counted_in_a_row_and_any_record_resets_them() -> None:
+    """A just-accepted task may not be indexed yet: two misses, a record, two more, then the result."""
+    fetch = Script(None, None, RUNNING, None, None, FINAL)
+    cursor = cursor_over(fetch)
+    with anyio.fail_after(30):
+        first = await cursor.next()
+        final = await cursor.next()
+    assert first.progress == 40 and final.is_final
+    assert fetch.lookups == 6
+
+
+async def test_a_not_found_answer_counts_as_a_miss() -> None:
+    """A provider that answers a lookup of an unknown id with 400/404 "not found" is a miss, not a
+    refusal: the wait ends with TaskNotFoundError after the same bounded number of lookups."""
+    not_found = mjasync.BadRequestError("The task `t` is not found.", status=400, code="bad_request")
+    fetch = Script(not_found, not_found)
+    with anyio.fail_after(30):
+        with pytest.raises(mjasync.TaskNotFoundError) as caught:
+            await cursor_over(fetch, max_missing=2).next()
+    assert caught.value.task_id == "t" and caught.value.status == 400
+    assert fetch.lookups == 2
