@@ -53,12 +53,15 @@ class CallbackInbox(Generic[R]):
         return self._provider.callback_secret_header
 
     def deliver(self, body: bytes) -> bool:
-        """Take one callback body; False when it belongs to another task.
+        """Take one callback body; False (ignored) unless it names the task this job waits for.
 
+        Every callback of either provider names its task: one that names none, or another task than
+        the job's (once known), is nobody's result and resolves nothing. Before the submit has
+        answered, a named task's callbacks are kept until `expect` sorts them out.
         Raises `ResponseDecodeError` if the body is not the provider's callback.
         """
         update = self._provider.decode_callback(self._kind, body)
-        if self.task_id is not None and update.task_id and update.task_id != self.task_id:
+        if not update.task_id or (self.task_id is not None and update.task_id != self.task_id):
             return False
         self.received += 1
         if self._final is not None:

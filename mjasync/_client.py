@@ -15,7 +15,7 @@ import aiohttp
 import anyio
 import msgspec
 
-from ._attempts import call_with_retries, find_submitted, submit_for_task_id
+from ._attempts import SendRecord, call_with_retries, find_submitted, submit_for_task_id
 from ._batch import Outcomes, run_many
 from ._callbacks import CallbackRouter
 from ._config import (
@@ -644,7 +644,9 @@ class Client:
         lookups, holding no connection per waiting job. A job's failure is its outcome; with
         `fail_fast`, the first one cancels the rest and is raised. Items may also be `TaskHandle`s of
         jobs submitted earlier: they are waited on, not sent again. `on_accepted(index, task_id)`
-        is called the moment each job's task id is known (to journal it).
+        is called the moment each job's task id is known (to journal it). After the block,
+        `outcomes.unfinished` lists the task ids of jobs whose outcome you had not received, and
+        `outcomes.unconfirmed` the jobs sent whose task id was not known yet.
         """
         limit = concurrency if concurrency is not None else self._options["limits"].max_in_flight
         return run_many(jobs, concurrency=limit, via=via, fail_fast=fail_fast, on_accepted=on_accepted)
@@ -654,7 +656,9 @@ class Client:
 
         For picking up after a crash between a submit and writing down its task id: the provider's
         recent tasks are searched for one with this request. None when there is none; raises
-        `AmbiguousSubmitError` when several match or the provider cannot list tasks.
+        `AmbiguousSubmitError` when several match or the provider cannot list tasks. `since` is
+        typically `job.sent_at` of a job you cancelled, or `UnconfirmedSubmit.sent_at` from
+        `Outcomes.unconfirmed`.
         """
         return await find_submitted(self._core, job.request, since)
 
@@ -808,10 +812,17 @@ class Client:
     async def _call_as_task(self, request: Any, kind: type[R], path: str, body: bytes) -> R:
         """A short call the provider runs as a task (GoAPI's describe and seed): submit once, then wait."""
         core = self._core
+        # The wait's deadline counts from the submit, as a job's does.
+        record = SendRecord(core.poll.deadline)
         async with core.limiter.slot(request):
-            task_id, retries = await submit_for_task_id(core, path, body, None, request)
+            task_id, retries = await submit_for_task_id(core, path, body, None, request, record=record)
             handle = TaskHandle(
-                core, kind, task_id, first_poll_delay=core.poll.initial_interval, retries_taken=retries
+                core,
+                kind,
+                task_id,
+                first_poll_delay=core.poll.initial_interval,
+                retries_taken=retries,
+                record=record,
             )
             return await handle.wait()
 

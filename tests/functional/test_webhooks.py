@@ -494,7 +494,69 @@ async def test_callbacks_for_no_waiting_job_are_acknowledged_and_ignored(provide
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
-@pytest.mark.parametrize("body", [b"not json at all", b"[1, 2, 3]", b"null", b'{"task_id": 5}', b"\xff\xfe"])
+@pytest.mark.parametrize("named", [None, ""], ids=["no-task-id", "empty-task-id"])
+async def test_a_callback_that_names_no_task_is_acknowledged_and_resolves_nothing(
+    provider: str, named: str | None
+) -> None:
+    """A final body with the sender's own image but no task named is nobody's result."""
+    async with hooked(provider, held=True) as h:
+        template = await finished_body(h)
+        handle = await h.mj.imagine("a brass compass").submit()
+        route = route_of(h.emu.requests[-1])
+        nameless = copy.deepcopy(template)
+        nameless["image_url"] = "http://127.0.0.1:9/chosen-by-the-sender.png"
+        if named is None:
+            del nameless["task_id"]
+        else:
+            nameless["task_id"] = named
+        before = h.receiver.statistics()
+        waiter = Waiter(handle)
+        async with anyio.create_task_group() as group:
+            group.start_soon(waiter.run)
+            status, answer = await post(route, nameless)
+            assert (status, answer) == (200, {"status": "ignored"})
+            stats = h.receiver.statistics()
+            assert (stats.ignored - before.ignored, stats.delivered - before.delivered) == (1, 0)
+            await anyio.sleep(0.2)
+            assert not waiter.done.is_set(), "a callback naming no task resolved the job"
+
+            assert h.clock is not None
+            h.clock.advance(HELD)  # the provider's own callback, naming the task, does
+            with anyio.fail_after(5):
+                await waiter.done.wait()
+        assert waiter.result.task_id == handle.task_id
+        assert waiter.result.image_url != nameless["image_url"]
+        assert polls(h.emu) == []
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not json at all",
+        b"[1, 2, 3]",
+        b"null",
+        b'{"task_id": 5}',
+        b"\xff\xfe",
+        b"[" * 5000 + b"]" * 5000,
+        b'{"a":' * 5000 + b"1" + b"}" * 5000,
+        b'{"task_id": ' + b"9" * 400 + b"}",
+        b'{"task_id": "\xff\xfe"}',
+        b'{"task_id": "x", "status": "fini',
+    ],
+    ids=[
+        "text",
+        "array",
+        "null",
+        "int-id",
+        "bad-utf8",
+        "deep-array",
+        "deep-object",
+        "huge-int",
+        "utf8-id",
+        "cut",
+    ],
+)
 async def test_a_body_that_is_no_callback_is_refused_400(provider: str, body: bytes) -> None:
     async with hooked(provider, held=True) as h:
         handle = await h.mj.imagine("a quiet harbour").submit()

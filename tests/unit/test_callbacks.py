@@ -197,3 +197,37 @@ def test_statistics_are_a_snapshot() -> None:
     receiver.open_route(goapi_inbox(), progress=False, ttl=None)
     assert before.open_routes == 0
     assert receiver.statistics() == mjasync.ReceiverStatistics(open_routes=1)
+
+
+# --- a callback must name the awaited task (issue 12) -------------------------------------------------
+
+
+@pytest.mark.parametrize("provider", ["goapi", "acedata"])
+@pytest.mark.parametrize("expected", [None, "t1"], ids=["before-submit-answers", "task-known"])
+async def test_a_callback_naming_no_task_is_ignored(provider: str, expected: str | None) -> None:
+    inbox = CallbackInbox(get_provider(provider), mjasync.ImagineResult)
+    if expected is not None:
+        inbox.expect(expected)
+    if provider == "goapi":
+        nameless = json.loads(task("t1", "finished"))
+    else:
+        nameless = {
+            "success": True,
+            "image_url": "http://127.0.0.1:9/chosen.png",
+            "progress": 100,
+            "actions": [],
+        }
+    for body in ({k: v for k, v in nameless.items() if k != "task_id"}, {**nameless, "task_id": ""}):
+        assert not inbox.deliver(json.dumps(body).encode()), "nobody's result: ignored"
+    inbox.expect("t1")
+    assert inbox.received == 0
+    assert await inbox.next(within=0) is None, "nothing resolves the job"
+
+
+def test_a_callback_for_another_task_is_ignored_for_acedata_too() -> None:
+    inbox = CallbackInbox(get_provider("acedata"), mjasync.ImagineResult)
+    inbox.expect("t1")
+    other = {"success": True, "task_id": "t2", "image_url": "http://127.0.0.1:9/x.png", "progress": 100}
+    assert not inbox.deliver(json.dumps(other).encode())
+    assert inbox.deliver(json.dumps({**other, "task_id": "t1"}).encode())
+    assert inbox.received == 1
