@@ -35,7 +35,7 @@ import sys
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from contextlib import AsyncExitStack
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final
@@ -80,8 +80,12 @@ _DRAIN_SECONDS: Final = 1.0
 _FD_RESERVE: Final = 64
 #: accept() errors that mean "no room now" (a descriptor or memory): wait for a connection to close.
 _OUT_OF_ROOM: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+#: accept() errors that mean the listening socket itself is gone.
+_BROKEN_LISTENER: Final = frozenset({errno.EBADF, errno.EINVAL, errno.ENOTSOCK})
 #: How long accepting pauses at most after running out of room, if no connection closes meanwhile.
 _ACCEPT_PAUSE: Final = 1.0
+#: Seconds between two warnings that accepting ran out of room (one line, not one per attempt).
+_WARN_EVERY: Final = 60.0
 
 
 @dataclass
@@ -194,7 +198,7 @@ class WebhookReceiver:
         """Mount the receiver into your aiohttp app (`POST {path}/{token}`)."""
         app.router.add_post(self._path + "/{token}", self.handle)
 
-    def serve(self, host: str = "127.0.0.1", port: int = 0) -> _Serving:
+    def serve(self, host: str = "127.0.0.1", port: int = 0) -> AbstractAsyncContextManager[str]:
         """Serve the receiver on its own (127.0.0.1 by default; port 0 picks a free one); yields its URL.
 
         `async with receiver.serve() as url: ...`. Without `public_url`, callbacks are addressed to
@@ -370,20 +374,21 @@ class _Connections:
     async def accept(self, listener: socket.socket) -> None:
         """Accept connections for ever; a lack of descriptors pauses it quietly, never floods a log."""
         loop = asyncio.get_running_loop()
-        out_of_room = False
+        warned_at = -_WARN_EVERY
         while True:
             try:
                 conn, _ = await loop.sock_accept(listener)
             except OSError as exc:
+                if exc.errno in _BROKEN_LISTENER:
+                    raise
                 if exc.errno in _OUT_OF_ROOM:
-                    if not out_of_room:
+                    if time.monotonic() - warned_at >= _WARN_EVERY:
+                        warned_at = time.monotonic()
                         _log.warning("receiver: out of file descriptors; accepting pauses until one frees")
-                    out_of_room = True
                     self._closed = anyio.Event()
                     with anyio.move_on_after(_ACCEPT_PAUSE):
                         await self._closed.wait()
                 continue  # anything else (a reset before accept, say) concerns that connection only
-            out_of_room = False
             self.make_room()
             try:
                 await loop.connect_accepted_socket(self.protocol, conn)
@@ -405,8 +410,9 @@ class _Connections:
         self._held.move_to_end(guarded)
 
     def ended(self, guarded: _Guarded) -> None:
-        if self._held.pop(guarded, 0) is None:
-            self._closed.set()
+        if guarded in self._held:
+            del self._held[guarded]
+            self._closed.set()  # room again, should accepting be waiting for some
 
 
 class _Guarded(asyncio.Protocol):
@@ -463,7 +469,8 @@ class _Guarded(asyncio.Protocol):
         self._stop_timer()
         self._connections.ended(self)
         if self._transport is not None:
-            self._transport.abort()
+            self._transport.abort()  # its connection_lost follows on the next loop turn
+            self._transport = None
 
     def _head_too_slow(self) -> None:
         self._head_timer = None
