@@ -105,7 +105,7 @@ class SendRecord:
     the job at any point knows whether the provider may hold a task for it, and which.
     """
 
-    __slots__ = ("_scopes", "deadline", "on_task_id", "sent_at", "sent_clock", "task_id")
+    __slots__ = ("_scopes", "deadline", "on_task_id", "orphan_sent_at", "sent_at", "sent_clock", "task_id")
 
     def __init__(self, deadline: float | None) -> None:
         #: Seconds from the first send that waiting for the job may take (`PollPolicy.deadline`).
@@ -116,6 +116,9 @@ class SendRecord:
         self.sent_clock: float | None = None
         #: The provider's id for the job, once known.
         self.task_id: str | None = None
+        #: Unix time of an earlier send that may have made a task of its own before the job was sent
+        #: again (only under `on_ambiguous_submit="resubmit"`): that task is not the job's.
+        self.orphan_sent_at: float | None = None
         #: Called once, with the task id, the moment it is known.
         self.on_task_id: Callable[[str], None] | None = None
         self._scopes: list[anyio.CancelScope] = []
@@ -264,7 +267,11 @@ async def submit_with_retries(
                     if task_id is not None:
                         return Resumed(task_id, attempt), attempt
                     # Proven (or, by policy, assumed) that no task was made: a retry cannot pay twice.
-                    maybe_made = maybe_made or core.retry.on_ambiguous_submit == "resubmit"
+                    if core.retry.on_ambiguous_submit == "resubmit":
+                        maybe_made = True
+                        if record is not None and record.orphan_sent_at is None:
+                            # Sent again by the user's choice: this attempt may have left a task of its own.
+                            record.orphan_sent_at = sent_at
                 unsettled = False
                 await _back_off_or_raise(core, error, attempt)
             attempt += 1
@@ -302,13 +309,15 @@ async def submit_for_task_id(
     The id comes from the answer, or from the provider's records when the answer was lost; either
     way this client holds it from now on (and `record` has it, with no checkpoint in between).
     """
-    answer, retries = await submit_with_retries(
-        core, lambda: core.transport.post(path, body, headers=headers), request, record=record
-    )
-    if isinstance(answer, Resumed):
-        task_id = answer.task_id
-    else:
-        task_id = core.provider.decode_receipt(answer.body, request=f"POST {path}")
+
+    async def send() -> str:
+        # Decoded inside the attempt: an answer that cannot be read came from a server that got the
+        # submit, so it is looked up like any submit of unknown fate, never taken as "no task".
+        response = await core.transport.post(path, body, headers=headers)
+        return core.provider.decode_receipt(response.body, request=f"POST {path}")
+
+    answer, retries = await submit_with_retries(core, send, request, record=record)
+    task_id = answer.task_id if isinstance(answer, Resumed) else answer
     core.known_tasks.add(task_id)
     if record is not None:
         record.accept(task_id)

@@ -33,6 +33,7 @@ from ._exceptions import MJError
 from ._job import Job, TaskHandle
 from ._models.requests import JobRequest
 from ._models.results import Result
+from ._retry import made_no_task
 from ._types import WaitVia
 
 if sys.version_info < (3, 11):  # pragma: no cover - anyio brings the backport there
@@ -124,13 +125,20 @@ class Outcomes(Generic[R]):
 
     @property
     def unconfirmed(self) -> list[UnconfirmedSubmit]:
-        """Jobs sent whose task id was not known yet when the run stopped, by index: the provider may
-        hold a task for each; `await client.find_task(job, since=entry.sent_at)` looks it up."""
-        return [
-            UnconfirmedSubmit(index, work.request, work.sent_at)
-            for index, work in sorted(self._tracker.running.items())
-            if isinstance(work, Job) and work.task_id is None and work.sent_at is not None
+        """Jobs sent whose task id was never learned and that did not end with a result, by index:
+        those still running when the run stopped, and those whose error leaves it open whether the
+        provider made a task (`AmbiguousSubmitError`, an answer that could not be read, a deadline
+        that ran out first). The provider may hold a task for each; `await client.find_task(job,
+        since=entry.sent_at)` looks it up. Under `on_ambiguous_submit="resubmit"` a job sent again
+        after an attempt of unknown fate is listed too, with that attempt's time (`Job.orphan_sent_at`),
+        whatever its outcome: the attempt may have left a task of its own."""
+        running = [
+            UnconfirmedSubmit(index, work.request, sent_at)
+            for index, work in self._tracker.running.items()
+            if isinstance(work, Job)
+            and (sent_at := work.sent_at if work.task_id is None else work.orphan_sent_at) is not None
         ]
+        return sorted(running + self._tracker.unconfirmed, key=_by_index)
 
 
 class _Tracker:
@@ -138,6 +146,8 @@ class _Tracker:
         self.started = 0
         #: Jobs taken from the input whose outcome the consumer has not received, by index.
         self.running: dict[int, Work[Any]] = {}
+        #: Jobs that ended with an error, sent but with no task id, that may have made a task.
+        self.unconfirmed: list[UnconfirmedSubmit] = []
         self.first_error: MJError | None = None
         #: An exception raised by the caller's own iterable of jobs.
         self.input_error: Exception | None = None
@@ -242,11 +252,22 @@ async def _run_one(
             except MJError as error:
                 task_id = job.task_id or getattr(error, "task_id", None)
                 outcome: Outcome[R] = Outcome(index, job, error=error, task_id=task_id)
+                if (
+                    isinstance(job, Job)
+                    and task_id is None
+                    and job.sent_at is not None
+                    and not made_no_task(error)
+                ):
+                    tracker.unconfirmed.append(UnconfirmedSubmit(index, job.request, job.sent_at))
+                elif isinstance(job, Job) and job.orphan_sent_at is not None:
+                    tracker.unconfirmed.append(UnconfirmedSubmit(index, job.request, job.orphan_sent_at))
                 if fail_fast and tracker.first_error is None:
                     tracker.first_error = error
                     outer.cancel_scope.cancel()
             else:
                 outcome = Outcome(index, job, result=result, task_id=result.task_id or job.task_id)
+                if isinstance(job, Job) and job.orphan_sent_at is not None:
+                    tracker.unconfirmed.append(UnconfirmedSubmit(index, job.request, job.orphan_sent_at))
             try:
                 await send.send(outcome)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
@@ -261,6 +282,10 @@ async def _complete(job: Work[R], via: WaitVia, accepted: Callable[[str], None])
         accepted(job.task_id)
         return await job.wait()
     return await job.result(via=via, on_task_id=accepted)
+
+
+def _by_index(entry: UnconfirmedSubmit) -> int:
+    return entry.index
 
 
 async def _aiter(jobs: Iterable[Work[R]] | AsyncIterable[Work[R]]) -> AsyncGenerator[Work[R], None]:

@@ -128,7 +128,8 @@ class PollPolicy(msgspec.Struct, kw_only=True, frozen=True):
     from the call.
 
     A task the provider keeps saying it has no record of ends the wait sooner: after
-    `max_missing_lookups` lookups in a row without its record, `TaskNotFoundError` is raised.
+    `max_missing_lookups` lookups in a row without its record, `TaskNotFoundError` is raised (or
+    `ResponseDecodeError`, with the task id, when the answers could not be read).
     """
 
     #: The first poll comes this long after the submit.
@@ -147,8 +148,9 @@ class PollPolicy(msgspec.Struct, kw_only=True, frozen=True):
     #: A job awaited by callback is polled only once no callback has come for this long (the
     #: callback may be lost); then every `max_interval` until a callback or the result arrives.
     callback_grace: float = 120.0
-    #: Lookups in a row that find no record of the task (a just-accepted task may not be indexed yet,
-    #: so one is not enough) before the wait ends with `TaskNotFoundError`; any record resets the count.
+    #: Lookups in a row that find no readable record of the task (a just-accepted task may not be
+    #: indexed yet, and one garbled answer may be a hiccup, so one is not enough) before the wait ends
+    #: with `TaskNotFoundError` (or the `ResponseDecodeError`); any record resets the count.
     max_missing_lookups: int = 3
 
     def __post_init__(self) -> None:

@@ -105,6 +105,16 @@ class Job(Generic[R]):
         return self._record.sent_at
 
     @property
+    def orphan_sent_at(self) -> float | None:
+        """Unix time of an earlier send of this job that may have made a task of its own before the job
+        was sent again, which only `RetryPolicy(on_ambiguous_submit="resubmit")` allows; None otherwise.
+
+        That task is not the job's (`task_id`); `await client.find_task(job, since=job.orphan_sent_at)`
+        looks for it, once the job's own task is known to the client.
+        """
+        return self._record.orphan_sent_at
+
+    @property
     def request(self) -> JobRequest:
         """The request this job sends."""
         return self._request
@@ -247,13 +257,27 @@ class Job(Generic[R]):
         server_timeout = self._request.timeout or DEFAULT_SERVER_TIMEOUT
         # Read longer than the server waits, so its 504 (which keeps the task retrievable) arrives first.
         read = server_timeout + core.transport.timeouts.long_wait_margin
+
+        async def send() -> R:
+            answer = await core.transport.post(
+                path, body, headers=headers, read_timeout=read, total_timeout=None
+            )
+            # Read inside the attempt: an answer that cannot be decoded (or that is not final) came
+            # from a server that got the submit, so its task is looked up rather than lost.
+            result = core.provider.decode_result(self._kind, answer.body, request=f"POST {path}")
+            if result.failed:
+                raise core.provider.job_failed(result, request=f"POST {path}")
+            if not result.is_final:
+                raise ResponseDecodeError(
+                    "synchronous call answered before the job finished",
+                    body=answer.body,
+                    task_id=result.task_id,
+                )
+            return result
+
         # The wait itself is the answer, so no `Timeouts.total` budget: the job's deadline bounds it.
         answer, retries = await submit_with_retries(
-            core,
-            lambda: core.transport.post(path, body, headers=headers, read_timeout=read, total_timeout=None),
-            self._request,
-            record=self._record,
-            budget=None,
+            core, send, self._request, record=self._record, budget=None
         )
         if isinstance(answer, Resumed):
             # The long wait was cut short (a 504, a dropped connection) but the task exists: poll it,
@@ -262,13 +286,7 @@ class Job(Generic[R]):
             self._record.accept(answer.task_id)
             handle = TaskHandle(core, self._kind, answer.task_id, retries_taken=retries, record=self._record)
             return await handle.wait()
-        result = core.provider.decode_result(self._kind, answer.body, request=f"POST {path}")
-        if result.failed:
-            raise core.provider.job_failed(result, request=f"POST {path}")
-        if not result.is_final:
-            raise ResponseDecodeError(
-                "synchronous call answered before the job finished", body=answer.body, task_id=result.task_id
-            )
+        result = answer
         if result.task_id:
             core.known_tasks.add(result.task_id)
             self._record.accept(result.task_id)

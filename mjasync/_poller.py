@@ -26,6 +26,7 @@ from ._exceptions import (
     JobFailedError,
     MJError,
     NotFoundError,
+    ResponseDecodeError,
     TaskNotFoundError,
     WaitTimeoutError,
 )
@@ -246,8 +247,9 @@ class PollCursor(Generic[R]):
         self._delay = next(self._intervals) * (1.0 - 0.1 * random.random())
         try:
             body = await self._core.poller.poll(self._task_id, delay=delay, early=EARLY_SHARE * delay)
-        except (BadRequestError, NotFoundError) as error:
-            # How a provider answers a lookup of one id it does not know (AceData: 400 "not found").
+        except (BadRequestError, NotFoundError, ResponseDecodeError) as error:
+            # 400/404: how a provider answers a lookup of one id it does not know (AceData: 400 "not
+            # found"). An answer that cannot be read tells no more about the task than a missing one.
             self._missed(error)
             return None
         except MJError as error:
@@ -259,8 +261,12 @@ class PollCursor(Generic[R]):
         if body is None:
             self._missed(None)
             return None
+        try:
+            record: TaskRecord[R] = self._core.provider.decode_task(body, self._kind)
+        except ResponseDecodeError as error:
+            self._missed(error)
+            return None
         self._misses = 0
-        record: TaskRecord[R] = self._core.provider.decode_task(body, self._kind)
         state = self._core.provider.task_state(record)
         response = record.response
         if state == "succeeded" and response is not None:
@@ -273,12 +279,16 @@ class PollCursor(Generic[R]):
         return None
 
     def _missed(self, error: MJError | None) -> None:
-        """A lookup found no record of the task: past `max_missing_lookups` in a row, the wait ends.
+        """A lookup found no readable record of the task: past `max_missing_lookups` in a row, the wait ends.
 
-        One miss is not enough: a task the provider just accepted may not be indexed yet.
+        One miss is not enough: a task the provider just accepted may not be indexed yet, and one
+        garbled answer may be a proxy's hiccup. Unreadable answers end it with their own error.
         """
         self._misses += 1
         limit = self._core.poll.max_missing_lookups
+        if self._misses >= limit and isinstance(error, ResponseDecodeError):
+            error.task_id = error.task_id or self._task_id
+            raise error
         if self._misses >= limit:
             raise TaskNotFoundError(
                 f"the provider has no record of task {self._task_id} ({limit} lookups in a row)"

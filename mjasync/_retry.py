@@ -7,8 +7,9 @@ no idempotency key: sending it twice can pay twice.
 - `rejected`: the provider turned it away before accepting it (429, 408, and a 503 that says when to
   come back with Retry-After: an overloaded server shedding load, not a failure mid-work). Safe,
   after Retry-After.
-- `unknown`: it may have been received (the connection died after sending, a read timed out, a 5xx).
-  Safe to repeat for idempotent calls; a submit must be looked up first.
+- `unknown`: it may have been received (the connection died after sending, a read timed out, a 5xx,
+  or a success answer that cannot be decoded: the server got the request, and may have made a task
+  before its answer was garbled). Safe to repeat for idempotent calls; a submit must be looked up first.
 - `fatal`: the provider refused it for good (400, 401, 403, 404, ...). Never retried.
 
 No I/O here: the sleeping and the lookups live in the client layer, and all of this is tested
@@ -27,9 +28,24 @@ from email.utils import parsedate_to_datetime
 from typing import Literal
 
 from ._config import RetryPolicy
-from ._exceptions import APIConnectionError, APIStatusError, MJError, RateLimitError
+from ._exceptions import (
+    APIConnectionError,
+    APIStatusError,
+    InvalidRequestError,
+    MJError,
+    RateLimitError,
+    ResponseDecodeError,
+)
 
-__all__ = ["MAX_RETRY_AFTER", "Phase", "backoff_delay", "parse_retry_after", "phase_of", "retry_delay"]
+__all__ = [
+    "MAX_RETRY_AFTER",
+    "Phase",
+    "backoff_delay",
+    "made_no_task",
+    "parse_retry_after",
+    "phase_of",
+    "retry_delay",
+]
 
 Phase = Literal["not_sent", "rejected", "unknown", "fatal"]
 
@@ -41,6 +57,8 @@ def phase_of(error: BaseException) -> Phase:
     """How far the failed request got; see the module docstring."""
     if isinstance(error, APIConnectionError):
         return "unknown" if error.may_have_reached_server else "not_sent"
+    if isinstance(error, ResponseDecodeError):
+        return "unknown"
     if isinstance(error, RateLimitError):
         return "rejected"
     if isinstance(error, APIStatusError):
@@ -51,6 +69,20 @@ def phase_of(error: BaseException) -> Phase:
         if error.status >= 500:
             return "unknown"
     return "fatal"
+
+
+def made_no_task(error: BaseException) -> bool:
+    """Whether a submit that ended with `error` certainly made no task at the provider.
+
+    True when it never left or was refused (a 4xx: turned away or rejected for good) or was bad
+    input; False whenever the provider may hold a task for it (an error after it was received, an
+    answer that could not be read, a wait that ran out before the task id was known).
+    """
+    if isinstance(error, InvalidRequestError):
+        return True
+    if isinstance(error, APIStatusError) and 400 <= error.status < 500:
+        return True
+    return phase_of(error) == "not_sent"
 
 
 def backoff_delay(attempt: int, policy: RetryPolicy, *, rand: Callable[[], float] = random.random) -> float:

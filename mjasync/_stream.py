@@ -282,7 +282,10 @@ class JobStream(Generic[R]):
             return
         if self._retries >= self._core.retry.max_retries:
             raise error
-        self._retries += 1  # proven absent: sending again cannot pay twice
+        # Proven absent (sending again cannot pay twice), or sent again by the user's choice.
+        if self._core.retry.on_ambiguous_submit == "resubmit" and self._record.orphan_sent_at is None:
+            self._record.orphan_sent_at = self._sent_at
+        self._retries += 1
 
     def _resume(self, task_id: str) -> None:
         self.resumed = True

@@ -296,8 +296,18 @@ class AceDataProvider:
         return self.decode_result(kind, body, request="callback")
 
     def decode_receipt(self, body: bytes, *, request: str | None = None) -> str:
-        """The task_id from an asynchronous submit's immediate answer."""
-        receipt = self.decode_result(SubmitReceipt, body, request=request)
+        """The task_id from an asynchronous submit's immediate answer.
+
+        With `callback_url` and an ndjson `accept`, the documents allow either a receipt or the
+        progress stream itself as the answer; for a stream, its first line names the task.
+        """
+        try:
+            receipt = self.decode_result(SubmitReceipt, body, request=request)
+        except ResponseDecodeError:
+            head, newline, rest = bytes(body).strip().partition(b"\n")
+            if not (newline and rest.strip()):
+                raise
+            receipt = self.decode_result(SubmitReceipt, head, request=request)
         if not receipt.task_id:
             raise ResponseDecodeError(
                 "asynchronous submit answered without a task_id", body=body, request=request

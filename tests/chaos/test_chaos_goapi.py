@@ -116,6 +116,8 @@ def _is_server_task(task: asyncio.Task[Any]) -> bool:
     while getattr(coro, "cr_code", None) is not None:
         if (
             coro.__qualname__.startswith("RequestHandler.")
+            # The receiver's accept loop, alive for as long as it serves.
+            or coro.__qualname__ == "_Connections.accept"
             or "/mjasync/emulator/" in coro.cr_code.co_filename
         ):
             return True

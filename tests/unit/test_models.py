@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from mjasync._exceptions import MalformedLineError, StreamError
+from mjasync._exceptions import MalformedLineError, ResponseDecodeError, StreamError
 from mjasync._models.requests import EditsRequest, ImagineRequest, SeedRequest, TranslateRequest
 from mjasync._models.results import (
     DescribeResult,
@@ -285,6 +285,16 @@ def test_async_receipt_gives_the_task_id() -> None:
     """decode_receipt reads the task_id of the asynchronous submit's immediate answer."""
     body, _ = load("seed004_edits_async_receipt.json")
     assert PROVIDER.decode_receipt(body) == "b8b7fdc2-628e-40dd-bc0c-671c3ddac9e9"
+
+
+def test_a_receipt_answered_as_a_progress_stream_gives_its_first_lines_task_id() -> None:
+    """With callback_url and an ndjson accept the documents allow the stream itself as the answer."""
+    lines = b'{"task_id":"t-1","progress":0}\n{"task_id":"t-1","progress":40}\n'
+    assert PROVIDER.decode_receipt(lines) == "t-1"
+    # One object spread over lines is still read whole.
+    assert PROVIDER.decode_receipt(b'{\n  "task_id": "t-2"\n}\n') == "t-2"
+    with pytest.raises(ResponseDecodeError):
+        PROVIDER.decode_receipt(b"garbage\nmore garbage\n")
 
 
 def test_seed_result_keeps_the_documented_string() -> None:

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from multidict import CIMultiDict, CIMultiDictProxy
 
 import mjasync
-from mjasync._retry import MAX_RETRY_AFTER, parse_retry_after, phase_of
+from mjasync._retry import MAX_RETRY_AFTER, made_no_task, parse_retry_after, phase_of
 
 NOW = 1_714_000_000.0  # a fixed "now" for HTTP dates (2024-04-24)
 
@@ -243,7 +243,30 @@ def test_any_delay_seconds_is_taken_up_to_the_cap(digits: str, cap: float) -> No
         (mjasync.APIConnectionError("refused", may_have_reached_server=False), "not_sent"),
         (mjasync.BadRequestError("no", status=400), "fatal"),
         (mjasync.AuthenticationError("who", status=401), "fatal"),
+        # A success answer that cannot be read: the server got the request and may have acted on it.
+        (mjasync.ResponseDecodeError("garbled"), "unknown"),
     ],
 )
 def test_phase_of_sorts_failures_by_how_far_the_request_got(error: mjasync.MJError, phase: str) -> None:
     assert phase_of(error) == phase
+
+
+@pytest.mark.parametrize(
+    ("error", "made_none"),
+    [
+        (mjasync.InvalidRequestError("bad input"), True),
+        (mjasync.APIConnectionError("refused", may_have_reached_server=False), True),
+        (mjasync.RateLimitError("slow down", status=429), True),
+        (mjasync.BadRequestError("no", status=400), True),
+        (mjasync.ModerationError("no", status=403), True),
+        (mjasync.ServerError("oops", status=500), False),
+        (mjasync.APIConnectionError("dropped", may_have_reached_server=True), False),
+        (mjasync.ResponseDecodeError("garbled"), False),
+        (mjasync.AmbiguousSubmitError("maybe"), False),
+        (mjasync.WaitTimeoutError("late"), False),
+    ],
+)
+def test_made_no_task_only_when_the_submit_never_left_or_was_refused(
+    error: mjasync.MJError, made_none: bool
+) -> None:
+    assert made_no_task(error) is made_none
