@@ -201,7 +201,11 @@ def _one_undecodable_receipt_app(bad_submit: int, depth: int) -> web.Application
 
 async def test_one_undecodable_answer_is_that_jobs_outcome_and_the_others_go_on() -> None:
     """20 jobs; only the 5th submit gets a 200 whose JSON nests 5,000 deep: 19 results and one
-    `MJError` outcome (a decode error), with nothing raised out of the run."""
+    `MJError` outcome, with nothing raised out of the run.
+
+    The garbled answer came from a server that got the submit, so its fate is open: it is looked up
+    (the listing shows no such task, which proves nothing), ends as `AmbiguousSubmitError` chained
+    from the decode error, and is listed in `unconfirmed` for the caller to look up later."""
     async with serving(_one_undecodable_receipt_app(bad_submit=5, depth=5000)) as port:
         async with mjasync.Client(
             api_key=EMULATOR_TOKEN, base_url=f"http://127.0.0.1:{port}", poll=FAST_POLL
@@ -214,6 +218,8 @@ async def test_one_undecodable_answer_is_that_jobs_outcome_and_the_others_go_on(
     failed = [outcome for outcome in seen if not outcome.ok]
     assert len(seen) == 20 and sorted(o.index for o in seen) == list(range(20))
     assert len(failed) == 1 and failed[0].index == 4
-    assert isinstance(failed[0].error, mjasync.MJError)
+    assert isinstance(failed[0].error, mjasync.AmbiguousSubmitError)
+    assert isinstance(failed[0].error.__cause__, mjasync.ResponseDecodeError)
     assert all(o.result is not None and o.result.is_final for o in seen if o.ok)
-    assert outcomes.unfinished == [] and outcomes.unconfirmed == []
+    assert outcomes.unfinished == []
+    assert [entry.index for entry in outcomes.unconfirmed] == [4]
