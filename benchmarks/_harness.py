@@ -12,6 +12,7 @@ import os
 import platform
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -27,6 +28,7 @@ __all__ = [
     "TOKEN",
     "EmulatorProcess",
     "Figure",
+    "Spread",
     "counters",
     "emulator",
     "machine",
@@ -55,6 +57,37 @@ class Figure:
     #: Whether the target holds (None without a target).
     met: bool | None = None
     note: str = ""
+
+
+@dataclass(frozen=True)
+class Spread:
+    """Repeated measurements of one figure: their median (the figure reported) and their range.
+
+    The median, not the best: a best-of keeps the luckiest pass, and one contender's luck is not
+    another's, so a ratio of two bests can land anywhere inside the noise.
+    """
+
+    median: float
+    low: float
+    high: float
+    count: int
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Spread:
+        """The median and range of `values` (at least one)."""
+        if not values:
+            raise ValueError("no measurements")
+        return cls(statistics.median(values), min(values), max(values), len(values))
+
+    def describe(self, unit: str = "") -> str:
+        """E.g. "median of 7 passes, 183–201 µs" (the range is what one pass could have reported)."""
+        passes = "1 pass" if self.count == 1 else f"median of {self.count} passes"
+        unit = f" {unit}" if unit else ""
+        return f"{passes}, {_plain(self.low)}–{_plain(self.high)}{unit}"
+
+
+def _plain(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
 
 
 @dataclass

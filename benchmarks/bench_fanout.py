@@ -27,14 +27,15 @@ import asyncio
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import TOKEN, Figure, emit, emulator, ratio_figures, spawn
+from _harness import TOKEN, Figure, Spread, emit, emulator, ratio_figures, spawn
 
 BENCH = "1 fan-out (JSON)"
 CONTENDERS = ("raw_aiohttp", "mjasync", "httpx", "requests_threads", "acedatacloud")
@@ -69,28 +70,43 @@ def _threaded(sample: Callable[[int], None], jobs: int, warmup: int, repeats: in
         return _timed([round_(jobs) for _ in range(repeats)])
 
 
-def _timed(rounds: list[Callable[[], object]]) -> dict[str, float]:
-    """Run each round, returning the least CPU and the best wall time per round."""
-    best_cpu = best_wall = float("inf")
-    for round_ in rounds:
+class _Rounds:
+    """The CPU and wall time of each timed round in one contender's process; it reports their medians."""
+
+    def __init__(self) -> None:
+        self.cpu: list[float] = []
+        self.wall: list[float] = []
+
+    @contextmanager
+    def timed(self) -> Iterator[None]:
         cpu, wall = time.process_time(), time.perf_counter()
-        round_()
-        best_cpu = min(best_cpu, time.process_time() - cpu)
-        best_wall = min(best_wall, time.perf_counter() - wall)
-    return {"cpu": best_cpu, "wall": best_wall}
+        yield
+        self.cpu.append(time.process_time() - cpu)
+        self.wall.append(time.perf_counter() - wall)
+
+    def medians(self) -> dict[str, float]:
+        return {"cpu": statistics.median(self.cpu), "wall": statistics.median(self.wall)}
+
+
+def _timed(rounds: list[Callable[[], object]]) -> dict[str, float]:
+    """Run each round; the median CPU and wall time of a round."""
+    measured = _Rounds()
+    for round_ in rounds:
+        with measured.timed():
+            round_()
+    return measured.medians()
 
 
 async def _timed_async(
     run: Callable[[int], Awaitable[None]], jobs: int, warmup: int, repeats: int
 ) -> dict[str, float]:
+    """A warm-up of `warmup` jobs, then `repeats` timed rounds of `jobs`; the median round."""
     await run(warmup)
-    best_cpu = best_wall = float("inf")
+    measured = _Rounds()
     for _ in range(repeats):
-        cpu, wall = time.process_time(), time.perf_counter()
-        await run(jobs)
-        best_cpu = min(best_cpu, time.process_time() - cpu)
-        best_wall = min(best_wall, time.perf_counter() - wall)
-    return {"cpu": best_cpu, "wall": best_wall}
+        with measured.timed():
+            await run(jobs)
+    return measured.medians()
 
 
 # --- contenders (each runs in its own process) ---
@@ -225,6 +241,10 @@ def measure(
     }
 
 
+#: One pass: each contender's figures from its own process (`measure`).
+Pass = dict[str, dict[str, Any]]
+
+
 def compare(
     bench: str,
     script: str,
@@ -236,47 +256,71 @@ def compare(
     mjasync: at most `target`× raw aiohttp's) and jobs/s, with ratios to raw aiohttp.
 
     `sizes` is (jobs, warm-up jobs, timed rounds per process, passes of every contender, further
-    passes of raw aiohttp and mjasync alone). The contenders take turns, pass after pass, so that a
-    slow spell of a shared machine falls on all of them rather than on whichever ran then; each keeps
-    its best round (least CPU, most jobs/s). The two that the target compares get the further passes
-    (they are quick), since their ratio is the one held to a bound; the spread of their ratio from
-    one pass to the next is reported beside it.
+    passes of raw aiohttp and mjasync alone). The contenders take turns, pass after pass (in reverse
+    order every other pass), so that a slow spell of a shared machine falls on all of them rather
+    than on whichever ran then. The two that the target compares get the further passes (they are
+    quick), since their ratio is the one held to a bound. Every figure is the median of its passes
+    (`summarise`).
     """
     jobs, warmup, repeats, passes, paired = sizes
-    cpu: dict[str, float] = {}
-    rate: dict[str, float] = {}
-    pass_ratios: list[float] = []
+    measured: list[Pass] = []
     with emulator(speed=0) as emu:
-        rounds = [contenders] * passes + [(BASELINE, "mjasync")] * paired
-        for turn in rounds:
-            this_pass: dict[str, float] = {}
-            for contender in turn:
+        turns = [contenders] * passes + [(BASELINE, "mjasync")] * paired
+        for number, turn in enumerate(turns):
+            this_pass: Pass = {}
+            for contender in turn if number % 2 == 0 else turn[::-1]:
                 args = ["--contender", contender, "--url", emu.url, "--jobs", str(jobs)]
                 args += ["--warmup", str(warmup), "--repeats", str(repeats)]
-                result = spawn(script, *args)
-                this_pass[contender] = result["cpu_us_per_job"]
-                cpu[contender] = min(cpu.get(contender, float("inf")), result["cpu_us_per_job"])
-                rate[contender] = max(rate.get(contender, 0.0), result["jobs_per_second"])
-            if BASELINE in this_pass and "mjasync" in this_pass:
-                pass_ratios.append(this_pass["mjasync"] / this_pass[BASELINE])
-    spread = sorted(pass_ratios)
-    note = (
-        f"best of {len(spread)} passes; pass by pass the ratio was {spread[0]:.2f}–{spread[-1]:.2f}×, "
-        f"median {statistics.median(spread):.2f}×"
-    )
+                this_pass[contender] = spawn(script, *args)
+            measured.append(this_pass)
+    return summarise(bench, measured, target)
+
+
+def summarise(bench: str, passes: list[Pass], target: float) -> tuple[list[Figure], dict[str, float]]:
+    """The figures of interleaved passes: for every contender the median of its passes, its range
+    beside it, and ratios of medians to raw aiohttp's (mjasync's CPU ratio held to `target`).
+
+    Every contender is treated alike: no best-of for one side. mjasync's note adds the ratio pass by
+    pass (the two measured back to back), for how far a single pass could mislead.
+    """
+    cpu: dict[str, list[float]] = {}
+    rate: dict[str, list[float]] = {}
+    paired: list[float] = []
+    for this_pass in passes:
+        for contender, result in this_pass.items():
+            cpu.setdefault(contender, []).append(result["cpu_us_per_job"])
+            rate.setdefault(contender, []).append(result["jobs_per_second"])
+        if BASELINE in this_pass and "mjasync" in this_pass:
+            paired.append(this_pass["mjasync"]["cpu_us_per_job"] / this_pass[BASELINE]["cpu_us_per_job"])
+    cpu_spread = {contender: Spread.of(values) for contender, values in cpu.items()}
+    rate_spread = {contender: Spread.of(values) for contender, values in rate.items()}
+    cpu_notes = {contender: spread.describe("µs") for contender, spread in cpu_spread.items()}
+    if paired:
+        ratios = Spread.of(paired)
+        cpu_notes["mjasync"] += (
+            f"; its ratio pass by pass {ratios.low:.2f}–{ratios.high:.2f}×, median {ratios.median:.2f}×"
+        )
+    medians = {contender: spread.median for contender, spread in cpu_spread.items()}
     figures = [
         *ratio_figures(
             bench,
             "CPU per job",
             "µs",
-            cpu,
+            medians,
             baseline=BASELINE,
             targets={"mjasync": ("<=", target)},
-            notes={"mjasync": note},
+            notes=cpu_notes,
         ),
-        *ratio_figures(bench, "throughput", "jobs/s", rate, baseline=BASELINE),
+        *ratio_figures(
+            bench,
+            "throughput",
+            "jobs/s",
+            {contender: spread.median for contender, spread in rate_spread.items()},
+            baseline=BASELINE,
+            notes={contender: spread.describe("jobs/s") for contender, spread in rate_spread.items()},
+        ),
     ]
-    return figures, cpu
+    return figures, medians
 
 
 def run(quick: bool = False) -> list[Figure]:

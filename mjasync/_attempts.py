@@ -19,6 +19,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -59,6 +60,9 @@ __all__ = [
 
 T = TypeVar("T")
 R = TypeVar("R", bound=Result)
+
+#: The least overall timeout a request is given (aiohttp reads 0 as "none").
+_LEAST_TIMEOUT = 0.001
 
 
 def with_retries_taken(result: R, retries: int) -> R:
@@ -121,7 +125,9 @@ class SendRecord:
         self.orphan_sent_at: float | None = None
         #: Called once, with the task id, the moment it is known.
         self.on_task_id: Callable[[str], None] | None = None
-        self._scopes: list[anyio.CancelScope] = []
+        # The `bounded()` scopes open now, to be given the deadline at the first send. A tuple, not a
+        # list per job: most jobs never open one (their requests carry the deadline themselves).
+        self._scopes: tuple[anyio.CancelScope, ...] = ()
 
     @property
     def deadline_at(self) -> float | None:
@@ -129,6 +135,17 @@ class SendRecord:
         if self.deadline is None or self.sent_clock is None:
             return None
         return self.sent_clock + self.deadline
+
+    def time_left(self) -> float | None:
+        """Seconds to the deadline (at least a sliver: aiohttp reads 0 as "no limit"), for a request's
+        own overall timeout; None with no deadline or before the first send."""
+        deadline_at = self.deadline_at
+        return None if deadline_at is None else max(deadline_at - time.monotonic(), _LEAST_TIMEOUT)
+
+    def expired(self) -> bool:
+        """Whether the deadline has passed."""
+        deadline_at = self.deadline_at
+        return deadline_at is not None and time.monotonic() >= deadline_at
 
     def mark_sent(self) -> None:
         """The first request is about to go out (later sends change nothing)."""
@@ -179,13 +196,13 @@ class WithinDeadline:
         self._scope = anyio.CancelScope(deadline=math.inf if deadline_at is None else deadline_at)
 
     def __enter__(self) -> None:
-        self._record._scopes.append(self._scope)
+        self._record._scopes += (self._scope,)
         self._scope.__enter__()
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self._record._scopes.remove(self._scope)
+        self._record._scopes = tuple(scope for scope in self._record._scopes if scope is not self._scope)
         if self._scope.__exit__(exc_type, exc, tb) and self._scope.cancelled_caught:
             raise self._record.timed_out() from None
 
@@ -237,10 +254,19 @@ async def submit_with_retries(
     """Send a submit; return its answer (or the task found after a lost answer) and the retries taken.
 
     `record` notes the first send. The sends, retries and reconciling lookups share `budget` seconds
-    (default `Timeouts.total`; None for none) from the first send; past it, a submit that may have
-    made a task raises `AmbiguousSubmitError`, one that certainly made none its last error.
+    (default `Timeouts.total`) from the first send; past it, a submit that may have made a task raises
+    `AmbiguousSubmitError`, one that certainly made none its last error.
+
+    With `budget=None` the job's deadline bounds the call instead (the submit is the wait itself: a
+    long wait, a stream). Then `send` must end by `record.time_left()` on its own (its request's
+    overall timeout, a timer the request has anyway), and every other wait here, which happens only
+    after a failure (a backoff, a reconciling lookup, a cooldown before sending again), runs under
+    `record.bounded()`; past the deadline, `WaitTimeoutError`. So the usual call, answered at the
+    first try, pays for no cancel scope.
     """
     limit = core.transport.timeouts.total if isinstance(budget, NotGiven) else budget
+    #: The job whose deadline bounds the waits here, when no budget does.
+    bounding = record if limit is None else None
     attempt = 0
     last: MJError | None = None
     #: Whether the current attempt's fate is open, or an earlier one may have made a task that no
@@ -251,33 +277,42 @@ async def submit_with_retries(
         nonlocal attempt, last, unsettled, maybe_made
         while True:
             if attempt and not core.limiter.clear_to_submit():
-                await core.limiter.before_submit()
+                with _within_deadline(bounding):
+                    await core.limiter.before_submit()
             sent_at = time.time()
             if record is not None:
                 record.mark_sent()
             unsettled = True
             try:
-                return await send(), attempt
+                with core.limiter.sending():
+                    return await send(), attempt
             except MJError as error:
                 last = error
+                if bounding is not None and bounding.expired():
+                    # The request's own overall timeout (the job's deadline) ended it: that is the answer.
+                    raise bounding.timed_out() from error
                 if core.retry.max_retries == 0:
                     raise  # the resilience layer is off: the first error is the answer
-                if phase_of(error) == "unknown":
-                    task_id = await reconcile_submit(core, request, error, sent_at, attempt)
-                    if task_id is not None:
-                        return Resumed(task_id, attempt), attempt
-                    # Proven (or, by policy, assumed) that no task was made: a retry cannot pay twice.
-                    if core.retry.on_ambiguous_submit == "resubmit":
-                        maybe_made = True
-                        if record is not None and record.orphan_sent_at is None:
-                            # Sent again by the user's choice: this attempt may have left a task of its own.
-                            record.orphan_sent_at = sent_at
-                unsettled = False
-                await _back_off_or_raise(core, error, attempt)
+                with _within_deadline(bounding):
+                    if phase_of(error) == "unknown":
+                        task_id = await reconcile_submit(core, request, error, sent_at, attempt)
+                        if task_id is not None:
+                            return Resumed(task_id, attempt), attempt
+                        # Proven (or, by policy, assumed) that no task was made: a retry cannot pay twice.
+                        if core.retry.on_ambiguous_submit == "resubmit":
+                            maybe_made = True
+                            if record is not None and record.orphan_sent_at is None:
+                                # Sent again by the user's choice: this attempt may have left a task of its own.
+                                record.orphan_sent_at = sent_at
+                    unsettled = False
+                    await _back_off_or_raise(core, error, attempt, submit=True)
             attempt += 1
 
     if not core.limiter.clear_to_submit():
-        await core.limiter.before_submit()  # the pace and a cooldown before the first send are not counted
+        # The pace and a cooldown before the first send are not counted (nor is the deadline running
+        # yet); before a job's later send (a stream resumed after a break), the deadline is.
+        with _within_deadline(bounding):
+            await core.limiter.before_submit()
     if limit is None:
         return await attempts()
     with anyio.move_on_after(limit):
@@ -293,6 +328,11 @@ async def submit_with_retries(
     )
     ambiguous.retries_taken = attempt
     raise ambiguous from last
+
+
+def _within_deadline(record: SendRecord | None) -> AbstractContextManager[None]:
+    """`record.bounded()`, or nothing when no record bounds the wait."""
+    return nullcontext() if record is None else record.bounded()
 
 
 async def submit_for_task_id(
@@ -324,13 +364,16 @@ async def submit_for_task_id(
     return task_id, retries
 
 
-async def _back_off_or_raise(core: Core, error: MJError, attempt: int) -> None:
+async def _back_off_or_raise(core: Core, error: MJError, attempt: int, *, submit: bool = False) -> None:
     """Wait before retry `attempt + 1`, or raise `error` (noting the retries taken) when the policy gives up."""
     delay = _delay_before_retry(core, error, attempt)
     if delay is None:
         _note_retries(error, attempt)
         raise error
-    if delay:
+    if isinstance(error, RateLimitError):
+        # The limiter decides: this request alone waits, or every job shares one pause.
+        await core.limiter.refused(delay, submit=submit)
+    elif delay:
         await core.sleep(delay)
 
 
@@ -345,10 +388,6 @@ def _delay_before_retry(core: Core, error: MJError, attempt: int) -> float | Non
     delay = retry_delay(error, attempt, core.retry)
     if delay is None:
         return None
-    if isinstance(error, RateLimitError):
-        # One shared pause for every job of this client: the wait happens in `before_request`.
-        core.limiter.rate_limited(delay)
-        return 0.0
     return delay
 
 

@@ -112,7 +112,26 @@ class Limits(msgspec.Struct, kw_only=True, frozen=True):
 
 
 class PollPolicy(msgspec.Struct, kw_only=True, frozen=True):
-    """How a submitted job is waited on: a growing poll interval, and one overall deadline.
+    """How a submitted job is waited on: when it is looked up, and one overall deadline.
+
+    When. The first lookup comes `initial_interval` (1 s) after the submit is answered, so a job done
+    within a second or two is known about a second after it was sent. Then each lookup is planned from
+    what the lookups have shown (`mjasync._poller`):
+
+    - while a job shows no progress (queued) or has moved only once, the wait grows from
+      `initial_interval` by `factor` up to `max_interval` (1, 1.5, 2.25, ... 10 s), and starts again
+      from `initial_interval` whenever progress rises;
+    - once progress has risen twice, its pace gives an estimate of the job's end (the sooner of the
+      pace over the whole span and over the latest step). Lookups close in on it, each after a third of the
+      time left, and the one meant to find the job done comes just after the estimate (0.1 s);
+    - a job still running past its estimate is looked up again after a third of the time it has overrun,
+      so noticing its end late stays a share of how wrong the estimate was.
+
+    No wait is shorter than `initial_interval` nor longer than `max_interval`, except that a lookup
+    may come early (never late) to ride in a batched lookup that goes out anyway. Every waiting job of
+    a client shares those lookups: one `retrieve_batch` (AceData) or `multi_fetch` (GoAPI) of up to
+    `max_batch` ids serves all that fall due within `batch_window`, and takes those due within half
+    their wait while it has room.
 
     `deadline` bounds every way of waiting for a job: `await job` with every `via` (stream, poll,
     callback, sync long wait), iterating `job.stream()`, and `TaskHandle.wait()` / `updates()` (GoAPI's
@@ -132,11 +151,11 @@ class PollPolicy(msgspec.Struct, kw_only=True, frozen=True):
     `ResponseDecodeError`, with the task id, when the answers could not be read).
     """
 
-    #: The first poll comes this long after the submit.
-    initial_interval: float = 2.0
-    #: The interval grows by this factor after each poll ...
+    #: The first lookup comes this long after the submit; also the shortest wait between lookups.
+    initial_interval: float = 1.0
+    #: While there is no estimate of the end, the wait grows by this factor after each lookup ...
     factor: float = 1.5
-    #: ... up to this.
+    #: ... up to this; no wait is longer.
     max_interval: float = 10.0
     #: Give up waiting (the job may still finish) this many seconds after the job's first send; None
     #: waits forever.

@@ -177,13 +177,14 @@ class Job(Generic[R]):
                 )
             return updates.final
         async with self._core.limiter.slot(self):
-            with self._record.bounded():
-                if via in ("poll", "callback"):
+            if via in ("poll", "callback"):
+                with self._record.bounded():
                     handle = await self._submit(callbacks=via == "callback")
                     result = await handle.wait()
-                else:
-                    result = await self._long_wait()
-        self._core.limiter.succeeded()
+            else:
+                # Bounded by the job's deadline without a cancel scope on the usual path (`_long_wait`).
+                result = await self._long_wait()
+            self._core.limiter.succeeded()  # while the slot is held: its level counts this job
         return result
 
     def stream(self) -> JobStream[R]:
@@ -259,8 +260,9 @@ class Job(Generic[R]):
         read = server_timeout + core.transport.timeouts.long_wait_margin
 
         async def send() -> R:
+            # The request's own overall timeout ends it at the job's deadline (the first send is noted).
             answer = await core.transport.post(
-                path, body, headers=headers, read_timeout=read, total_timeout=None
+                path, body, headers=headers, read_timeout=read, total_timeout=self._record.time_left()
             )
             # Read inside the attempt: an answer that cannot be decoded (or that is not final) came
             # from a server that got the submit, so its task is looked up rather than lost.
@@ -275,7 +277,8 @@ class Job(Generic[R]):
                 )
             return result
 
-        # The wait itself is the answer, so no `Timeouts.total` budget: the job's deadline bounds it.
+        # The wait itself is the answer, so no `Timeouts.total` budget: the job's deadline bounds it,
+        # the request itself and every other wait in `submit_with_retries`; a resumed one by polling.
         answer, retries = await submit_with_retries(
             core, send, self._request, record=self._record, budget=None
         )

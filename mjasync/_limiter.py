@@ -1,23 +1,30 @@
-"""I/O layer: how many jobs run at once, and one shared pause when the provider says "too many".
+"""I/O layer: how many jobs run at once, learnt from where the provider says "too many".
 
 - An in-flight cap (jobs submitted and not yet finished) on an anyio `CapacityLimiter`; it is
   separate from the connector's socket cap, which must leave room for task lookups.
-- One cooldown per client: a 429 with Retry-After (or a backoff delay) pushes a single shared
-  "not before" time that every job waits for before its next request, so a burst of 429s is one
-  pause, not one retry storm per job.
-- Additive increase, multiplicative decrease: the first 429 of a cooldown halves the in-flight
-  cap; after `increase_after` clean completions it grows back by one, up to the configured cap.
+- The cap follows `_capacity` (pure; see its docstring): it starts at the configured cap, falls to
+  the level where the provider refuses, and grows back one window of completions at a time.
+- A refused submit waits in `refused()`: its own Retry-After when the refusal is isolated (no one
+  else pauses), or the one shared pause of a sustained overload, which every job also waits for
+  before its next request. Then it re-sends only when fewer jobs are out than the cap allows, so
+  the jobs that hold slots while waiting to retry never exceed what the provider takes.
+- `policy="aimd"` keeps the earlier control, for comparison in benchmark 6 only: every 429 that
+  starts a cooldown halves the cap and pauses everyone; `increase_after` clean completions add one.
 - An optional pace for submits (a minimum interval between them).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Literal
 
 import anyio
+
+from . import _capacity
 
 __all__ = ["JobLimiter", "LimiterStatistics"]
 
@@ -30,42 +37,59 @@ class LimiterStatistics:
     in_flight: int
     #: Jobs waiting for a slot.
     waiting: int
-    #: The current in-flight cap (shrinks on 429s, grows back).
+    #: The current in-flight cap (falls where the provider refuses, grows back).
     limit: int
     #: The configured cap.
     max_limit: int
-    #: How many separate cooldowns 429s have started.
+    #: How many shared pauses (sustained overloads) 429s have started.
     cooldowns: int
-    #: Seconds left in the current cooldown (0 when none).
+    #: Seconds left in the current shared pause (0 when none).
     cooldown_remaining: float
+    #: The provider's limit as learnt: one less than where it last refused (None before any refusal).
+    estimate: float | None = None
+    #: How many times the cap was lowered (once per burst of refusals).
+    decreases: int = 0
+    #: Jobs that hold a slot while they wait to retry a refused submit.
+    retrying: int = 0
 
 
 class JobLimiter:
-    """Caps jobs in flight, shares one rate-limit cooldown, and adapts to 429s."""
+    """Caps jobs in flight, learns the provider's limit from its 429s, shares one pause on overload."""
 
     def __init__(
         self,
         max_in_flight: int,
         *,
         submits_per_second: float | None = None,
+        policy: Literal["learn", "aimd"] = "learn",
         increase_after: int = 10,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
     ) -> None:
+        if policy not in ("learn", "aimd"):
+            raise ValueError("policy must be 'learn' or 'aimd'")
         self._max = max_in_flight
         self._slots = anyio.CapacityLimiter(max_in_flight)
         self._interval = 1.0 / submits_per_second if submits_per_second else 0.0
+        self._policy = policy
         self._increase_after = increase_after
         self._clock = clock
         self._sleep = sleep
+        self._state = _capacity.start(max_in_flight)
         self._not_before = 0.0
         self._next_submit = 0.0
         self._clean = 0
         self._cooldowns = 0
+        #: Jobs holding a slot while they wait to retry a refused submit, and submits awaiting an answer:
+        #: neither is held by the provider, so neither counts in the level a refusal or completion is at.
+        self._retrying = 0
+        self._sending = 0
+        #: Set (and replaced) whenever a slot is given back or the cap changes, for jobs waiting to retry.
+        self._changed = anyio.Event()
 
     def slot(self, borrower: object) -> _Slot:
         """`async with limiter.slot(job):` holds one in-flight slot for `job` (any object)."""
-        return _Slot(self._slots, borrower)
+        return _Slot(self, borrower)
 
     async def acquire(self, borrower: object) -> None:
         """Take one in-flight slot for `borrower`, waiting while the cap is reached."""
@@ -74,18 +98,24 @@ class JobLimiter:
     def release(self, borrower: object) -> None:
         """Give back `borrower`'s slot."""
         self._slots.release_on_behalf_of(borrower)
+        if self._retrying:
+            self._notify()
+
+    def sending(self) -> _Sending:
+        """`with limiter.sending():` around a submit's request, until its answer (or error) is in."""
+        return _Sending(self)
 
     def clear_to_submit(self) -> bool:
-        """Whether a submit may go now, with no cooldown to wait out and no pace to keep."""
+        """Whether a submit may go now, with no pause to wait out and no pace to keep."""
         return not self._interval and self._not_before <= self._clock()
 
     async def before_request(self) -> None:
-        """Wait out the shared cooldown, if one is running."""
+        """Wait out the shared pause, if one is running."""
         while (remaining := self._not_before - self._clock()) > 0:
             await self._sleep(remaining)
 
     async def before_submit(self) -> None:
-        """Wait out the cooldown, then keep the configured pace between submits."""
+        """Wait out the pause, then keep the configured pace between submits."""
         await self.before_request()
         if self._interval:
             now = self._clock()
@@ -95,8 +125,81 @@ class JobLimiter:
             if start > now:
                 await self._sleep(start - now)
 
-    def rate_limited(self, delay: float) -> None:
-        """The provider answered 429: pause every job for `delay` seconds, and shrink the cap once."""
+    async def refused(self, retry_after: float, *, submit: bool = True) -> None:
+        """The provider answered 429 (`retry_after`: the seconds it asked for); wait until a retry may go.
+
+        A refused submit is evidence for the cap. It waits its own Retry-After when the refusal is
+        isolated, else the shared pause; then until fewer jobs are out than the cap allows. A
+        refused lookup is not about the number of jobs: it waits its Retry-After (and any pause).
+        """
+        if self._policy == "aimd":
+            self._halve(retry_after)
+            await self.before_request()
+            return
+        if not submit:
+            await self._sleep(retry_after)
+            await self.before_request()
+            return
+        now = self._clock()
+        in_flight = max(1, self._slots.borrowed_tokens)
+        level = max(1, self._level())  # the provider's jobs, and this one (its slot is held) it refused
+        pauses = self._state.pause_until
+        self._state, verdict = _capacity.refused(
+            self._state, now, level=level, in_flight=in_flight, retry_after=retry_after
+        )
+        if self._state.pause_until != pauses and self._state.pause_until > now:
+            self._cooldowns += 1
+            self._not_before = max(self._not_before, self._state.pause_until)
+        self._apply()
+        self._retrying += 1
+        self._notify()  # one job fewer out: room for another that waits to retry
+        try:
+            if verdict in ("isolated", "cap") or now + retry_after > self._not_before:
+                await self._sleep(retry_after)  # this request's own wait
+            await self.before_request()  # and the shared pause, if one is running
+            # Re-send only into room under the cap: the jobs out now exclude those waiting here.
+            while self._slots.borrowed_tokens - self._retrying >= math.floor(self._state.limit):
+                await self._changed.wait()
+            await self.before_request()
+        finally:
+            self._retrying -= 1
+
+    def succeeded(self) -> None:
+        """A job finished cleanly (call it while the job still holds its slot)."""
+        if self._policy == "aimd":
+            self._clean += 1
+            if self._clean >= self._increase_after and self._slots.total_tokens < self._max:
+                self._slots.total_tokens += 1
+                self._clean = 0
+            return
+        in_flight = max(1, self._slots.borrowed_tokens)
+        self._state = _capacity.completed(
+            self._state, self._clock(), level=max(1, self._level()), in_flight=in_flight
+        )
+        self._apply()
+
+    def statistics(self) -> LimiterStatistics:
+        """Where the limiter stands now."""
+        stats = self._slots.statistics()
+        ceiling = self._state.ceiling
+        return LimiterStatistics(
+            in_flight=stats.borrowed_tokens,
+            waiting=stats.tasks_waiting,
+            limit=int(stats.total_tokens),
+            max_limit=self._max,
+            cooldowns=self._cooldowns,
+            cooldown_remaining=max(0.0, self._not_before - self._clock()),
+            estimate=ceiling - 1 if self._policy == "learn" and math.isfinite(ceiling) else None,
+            decreases=self._state.decreases if self._policy == "learn" else self._cooldowns,
+            retrying=self._retrying,
+        )
+
+    def _level(self) -> int:
+        """Jobs the provider holds now, as far as this client knows: slots held, less those waiting
+        to retry and those whose submit is still unanswered."""
+        return max(0, self._slots.borrowed_tokens - self._retrying - self._sending)
+
+    def _halve(self, delay: float) -> None:
         now = self._clock()
         if self._not_before <= now:
             # A new cooldown: one multiplicative decrease for the whole burst of 429s inside it.
@@ -105,40 +208,48 @@ class JobLimiter:
         self._not_before = max(self._not_before, now + delay)
         self._clean = 0
 
-    def succeeded(self) -> None:
-        """A job finished cleanly: after enough of these, let one more run at once."""
-        self._clean += 1
-        if self._clean >= self._increase_after and self._slots.total_tokens < self._max:
-            self._slots.total_tokens += 1
-            self._clean = 0
+    def _apply(self) -> None:
+        """Carry the learnt limit over to the slots."""
+        limit = max(1, math.floor(self._state.limit))
+        if limit != self._slots.total_tokens:
+            self._slots.total_tokens = limit
+            if self._retrying:
+                self._notify()
 
-    def statistics(self) -> LimiterStatistics:
-        """Where the limiter stands now."""
-        stats = self._slots.statistics()
-        return LimiterStatistics(
-            in_flight=stats.borrowed_tokens,
-            waiting=stats.tasks_waiting,
-            limit=int(stats.total_tokens),
-            max_limit=self._max,
-            cooldowns=self._cooldowns,
-            cooldown_remaining=max(0.0, self._not_before - self._clock()),
-        )
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+
+class _Sending:
+    __slots__ = ("_limiter",)
+
+    def __init__(self, limiter: JobLimiter) -> None:
+        self._limiter = limiter
+
+    def __enter__(self) -> None:
+        self._limiter._sending += 1
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._limiter._sending -= 1
 
 
 class _Slot:
-    __slots__ = ("_borrower", "_slots")
+    __slots__ = ("_borrower", "_limiter")
 
-    def __init__(self, slots: anyio.CapacityLimiter, borrower: object) -> None:
-        self._slots = slots
+    def __init__(self, limiter: JobLimiter, borrower: object) -> None:
+        self._limiter = limiter
         self._borrower = borrower
 
     async def __aenter__(self) -> None:
-        await _acquire(self._slots, self._borrower)
+        await self._limiter.acquire(self._borrower)
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self._slots.release_on_behalf_of(self._borrower)
+        self._limiter.release(self._borrower)
 
 
 async def _acquire(slots: anyio.CapacityLimiter, borrower: object) -> None:

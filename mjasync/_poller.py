@@ -9,18 +9,30 @@ carry jitter, progress shortens them), so a window alone gathers a few ids per l
 room left therefore also takes the waiters that are still sleeping but within `EARLY_SHARE` of their
 interval from due, soonest due first, up to `max_batch`: their lookup comes a little early, riding in
 a request that goes out anyway, and no lookup ever comes later than it would have.
+
+When each job's lookups come is its `PollSchedule`'s say, a pure function of what its lookups have
+shown and the time (`observe`, `next_delay`): the progress and its pace. Until a job has moved twice
+there is no pace to go by, and the wait grows from `PollPolicy.initial_interval` by `factor` up to
+`max_interval` (back to `initial_interval` at any new progress). Then the job's end is estimated by
+carrying its pace on to progress 100 (`finish_estimate`), and lookups close in on it: each comes a third
+of the time left to the estimate (`PROBE_SHARE`; this also re-measures the pace as progress moves),
+the last one just after it (`FINISH_MARGIN`). A job still running past its estimate is looked up again
+after a third of the time it has overrun (so the delay in noticing its end stays a share of the
+error). No wait is shorter than `initial_interval` or longer than `max_interval`.
 """
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import anyio
-import backoff
 
+from ._config import PollPolicy
 from ._exceptions import (
     BadRequestError,
     JobFailedError,
@@ -37,7 +49,18 @@ from ._retry import phase_of
 if TYPE_CHECKING:
     from ._job import Core
 
-__all__ = ["EARLY_SHARE", "PollCursor", "TaskPoller"]
+__all__ = [
+    "EARLY_SHARE",
+    "FINISH_MARGIN",
+    "PROBE_SHARE",
+    "PollCursor",
+    "PollSchedule",
+    "TaskPoller",
+    "finish_estimate",
+    "next_delay",
+    "observe",
+    "unanswered",
+]
 
 R = TypeVar("R", bound=Result)
 
@@ -46,6 +69,103 @@ FetchRecords = Callable[[list[str]], Awaitable[dict[str, bytes]]]
 
 #: A waiting job's lookup may come this share of its interval early, in a round that has room.
 EARLY_SHARE = 0.5
+#: Lookups approaching a job's estimated end come this share of the time left to it; one overrunning
+#: the estimate, this share of the time overrun.
+PROBE_SHARE = 1 / 3
+#: The lookup meant to find a job done comes this long (seconds) after its estimated end.
+FINISH_MARGIN = 0.1
+
+
+# --- when to look next: pure functions of what lookups have shown and the time -----------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PollSchedule:
+    """What one task's lookups have shown of its pace: all `next_delay` needs. Times are `now`s given
+    to `observe` (the cursor's are `time.monotonic()`)."""
+
+    #: The wait while there is no estimate of the end: grows with each lookup without new progress.
+    interval: float
+    #: When the latest answered lookup was made (None before the first).
+    looked_at: float | None = None
+    #: The highest progress seen (-1 for none).
+    progress: float = -1.0
+    #: `(when, progress)` of the first, the one before the latest and the latest rise of progress
+    #: above 0 seen (fewer before there were three). A rise happened between two answered lookups;
+    #: it is dated half-way between them.
+    rises: tuple[tuple[float, float], ...] = ()
+
+    @classmethod
+    def start(cls, poll: PollPolicy) -> PollSchedule:
+        """A task not looked up yet."""
+        return cls(interval=poll.initial_interval)
+
+
+def observe(schedule: PollSchedule, progress: float | None, now: float, poll: PollPolicy) -> PollSchedule:
+    """The schedule after a lookup answered at `now` showed `progress` (None: none, e.g. still queued,
+    or no record of the task).
+
+    A rise of progress is news: the wait without an estimate starts again from `initial_interval`.
+    Progress 0 is no rise: a job can sit at 0 in a queue.
+    """
+    if progress is None or progress <= max(schedule.progress, 0.0):
+        return replace(unanswered(schedule, poll), looked_at=now)
+    rose_at = now if schedule.looked_at is None else (schedule.looked_at + now) / 2
+    return PollSchedule(
+        interval=poll.initial_interval,
+        looked_at=now,
+        progress=progress,
+        rises=(*schedule.rises[:1], *schedule.rises[1:][-1:], (rose_at, progress)),
+    )
+
+
+def unanswered(schedule: PollSchedule, poll: PollPolicy) -> PollSchedule:
+    """The schedule after a lookup that told nothing (it failed): the wait without an estimate grows."""
+    return replace(schedule, interval=min(schedule.interval * poll.factor, poll.max_interval))
+
+
+def finish_estimate(schedule: PollSchedule) -> float | None:
+    """When the task should end: its pace carried on from its latest rise to progress 100. None until
+    progress has risen twice.
+
+    Two paces, and the sooner end of the two: the whole span's (from the first rise), where the
+    dating of each rise (only to within the lookups around it) weighs least, and the latest step's,
+    which follows a job that speeds up. A lookup that comes too soon costs one lookup and refines
+    the estimate; one that comes too late is the delay this schedule exists to cut.
+    """
+    if len(schedule.rises) < 2:
+        return None
+    *earlier, latest = schedule.rises
+    ends = [_carried_on(rise, latest) for rise in earlier]
+    return min((end for end in ends if end is not None), default=None)
+
+
+def _carried_on(earlier: tuple[float, float], latest: tuple[float, float]) -> float | None:
+    """When progress reaches 100 at the pace from the `earlier` rise to the `latest` (None: no pace)."""
+    (then, low), (when, high) = earlier, latest
+    if when <= then:
+        return None
+    return when + max(100.0 - high, 0.0) * (when - then) / (high - low)
+
+
+def next_delay(schedule: PollSchedule, now: float, poll: PollPolicy) -> float:
+    """How long after `now` to look the task up next (see the module docstring)."""
+    end = finish_estimate(schedule)
+    if end is None:
+        return schedule.interval
+    ahead, shortest = end - now, poll.initial_interval
+    if ahead <= 0:
+        delay = -ahead * PROBE_SHARE
+    elif ahead * PROBE_SHARE >= shortest:
+        delay = ahead * PROBE_SHARE
+    else:
+        # Close: equal steps, none shorter than allowed, the last one landing just after the end.
+        to_land = ahead + FINISH_MARGIN
+        delay = to_land / max(math.floor(to_land / shortest), 1)
+    return min(max(delay, shortest), poll.max_interval)
+
+
+# --- the shared poller ---------------------------------------------------------------------------------
 
 
 class _Round:
@@ -178,7 +298,8 @@ class PollCursor(Generic[R]):
     """Follows one task by polling: each `next()` gives a newer progress update, or the final result.
 
     Lookups go through the client's shared poller (one `retrieve_batch` serves every waiting task),
-    with a growing interval between them. Updates that repeat what was already seen are skipped.
+    when its `PollSchedule` says (by the progress seen and its pace; see the module docstring). Updates
+    that repeat what was already seen are skipped.
 
     The wait ends at `deadline` seconds from `started_at` (a `time.monotonic()`; default: now), and
     after `PollPolicy.max_missing_lookups` lookups in a row that find no record of the task.
@@ -205,10 +326,7 @@ class PollCursor(Generic[R]):
         self._task_id = task_id
         self._delay = first_poll_delay
         self._seen_progress = seen_progress
-        self._intervals = backoff.expo(
-            base=core.poll.factor, factor=core.poll.initial_interval, max_value=core.poll.max_interval
-        )
-        next(self._intervals)  # backoff's generators start with a bare `yield`
+        self._schedule = PollSchedule.start(core.poll)
         #: True once the final result has been returned.
         self.done = False
 
@@ -242,9 +360,6 @@ class PollCursor(Generic[R]):
 
     async def _look(self, delay: float) -> R | None:
         """Look the task up `delay` seconds from now (or a little sooner, in a round with room)."""
-        # A little jitter keeps jobs from all falling due at one instant; rounds with room regroup
-        # them (a lookup may ride `EARLY_SHARE` of its interval early), so batches stay full.
-        self._delay = next(self._intervals) * (1.0 - 0.1 * random.random())
         try:
             body = await self._core.poller.poll(self._task_id, delay=delay, early=EARLY_SHARE * delay)
         except (BadRequestError, NotFoundError, ResponseDecodeError) as error:
@@ -257,6 +372,7 @@ class PollCursor(Generic[R]):
             # refusal (401, 403, ...) ends the wait. The deadline bounds the rest.
             if phase_of(error) == "fatal":
                 raise
+            self._told_nothing()
             return None
         if body is None:
             self._missed(None)
@@ -269,6 +385,7 @@ class PollCursor(Generic[R]):
         self._misses = 0
         state = self._core.provider.task_state(record)
         response = record.response
+        self._saw(getattr(response, "progress", None) if state == "running" else None)
         if state == "succeeded" and response is not None:
             self.done = True
             return response
@@ -278,12 +395,29 @@ class PollCursor(Generic[R]):
             return self._newer(response)
         return None
 
+    def _saw(self, progress: float | None) -> None:
+        """Plan the next lookup after one (or a callback) that showed `progress` just now."""
+        now = time.monotonic()
+        self._plan(observe(self._schedule, progress, now, self._core.poll), now)
+
+    def _told_nothing(self) -> None:
+        """Plan the next lookup after one that failed or found no readable record."""
+        self._plan(unanswered(self._schedule, self._core.poll), time.monotonic())
+
+    def _plan(self, schedule: PollSchedule, now: float) -> None:
+        self._schedule = schedule
+        # A little jitter (never later) keeps jobs from all falling due at one instant; rounds with
+        # room regroup them (a lookup may ride `EARLY_SHARE` of its wait early), so batches stay full.
+        delay = next_delay(schedule, now, self._core.poll)
+        self._delay = delay * (1.0 - 0.1 * random.random())
+
     def _missed(self, error: MJError | None) -> None:
         """A lookup found no readable record of the task: past `max_missing_lookups` in a row, the wait ends.
 
         One miss is not enough: a task the provider just accepted may not be indexed yet, and one
         garbled answer may be a proxy's hiccup. Unreadable answers end it with their own error.
         """
+        self._told_nothing()
         self._misses += 1
         limit = self._core.poll.max_missing_lookups
         if self._misses >= limit and isinstance(error, ResponseDecodeError):
@@ -313,14 +447,16 @@ class PollCursor(Generic[R]):
         if update.is_final:
             self.done = True
             return update
-        return self._newer(update)
+        newer = self._newer(update)
+        if newer is not None:
+            self._saw(self._seen_progress)
+        return newer
 
     def _newer(self, update: R) -> R | None:
         progress = getattr(update, "progress", None)
         if progress is None or progress <= self._seen_progress:
             return None
         self._seen_progress = progress
-        self._delay = min(self._delay, self._core.poll.initial_interval)
         return update
 
     @property
@@ -332,6 +468,11 @@ class PollCursor(Generic[R]):
     def next_delay(self) -> float:
         """The wait before the next poll, as the schedule has it now."""
         return self._delay
+
+    @property
+    def schedule(self) -> PollSchedule:
+        """What the lookups have shown so far of the task's pace."""
+        return self._schedule
 
     def timed_out(self) -> WaitTimeoutError:
         """The error for a wait that ran past the deadline."""

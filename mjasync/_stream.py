@@ -37,9 +37,6 @@ __all__ = ["JobStream"]
 
 R = TypeVar("R", bound=Result)
 
-#: The least overall timeout a stream is opened with (aiohttp reads 0 as "none").
-_LEAST_TIMEOUT = 0.001
-
 #: Failures that break a stream without the provider saying the job failed.
 _BREAKS = (APIConnectionError, StreamInterruptedError, MalformedLineError, LineTooLongError)
 
@@ -159,9 +156,10 @@ class JobStream(Generic[R]):
     async def _next(self) -> R:
         """The next update; every wait in it ends at the job's deadline.
 
-        Reading lines, the hot path, is bounded by the connection's own overall timeout (set to the
-        time left when the stream was sent: one timer per stream, none per line); polling by the
-        cursor's deadline; sending and settling a break by a cancel scope.
+        Opening the stream and reading its lines, the hot path, are bounded by the connection's own
+        overall timeout (set to the time left when the stream was sent: one timer per stream, none per
+        line); polling by the cursor's deadline; what follows a failed send by `submit_with_retries`,
+        a submit to follow and settling a break by a cancel scope.
         """
         if not self._holds_slot:
             await self._core.limiter.acquire(self)
@@ -172,8 +170,7 @@ class JobStream(Generic[R]):
             if self._cursor is not None:
                 return self._note(await self._next_polled())
             if self._reader is None:
-                with self._record.bounded():
-                    await self._open()
+                await self._open()
                 continue
             try:
                 update = await self._reader.next_update()
@@ -202,11 +199,12 @@ class JobStream(Generic[R]):
         if not core.provider.streams or self._inbox is not None:
             # With a callback the provider answers with a task id at once and sends the progress
             # there (AceData: every ndjson line; GoAPI: `notify_progress`).
-            await self._submit_to_follow()
+            with self._record.bounded():
+                await self._submit_to_follow()
             return
         self._sent_at = time.time()
         # No `Timeouts.total` budget: the stream is the wait itself (its headers may wait on a queue),
-        # and the job's deadline bounds it.
+        # and the job's deadline bounds it: the connection's own overall timeout, the time left then.
         transport = core.transport
         answer, retries = await submit_with_retries(
             core,
@@ -215,7 +213,7 @@ class JobStream(Generic[R]):
                 self._body,
                 headers=self._headers,
                 timeout=transport.client_timeout(
-                    read=transport.timeouts.stream_read, total=self._time_left()
+                    read=transport.timeouts.stream_read, total=self._record.time_left()
                 ),
             ),
             self._request,
@@ -235,11 +233,6 @@ class JobStream(Generic[R]):
             max_line_bytes=core.max_line_bytes,
             request=f"POST {self._path}",
         )
-
-    def _time_left(self) -> float | None:
-        """Seconds to the job's deadline (at least a sliver), as the stream connection's overall limit."""
-        deadline_at = self._record.deadline_at
-        return None if deadline_at is None else max(deadline_at - time.monotonic(), _LEAST_TIMEOUT)
 
     async def _submit_to_follow(self) -> None:
         """Submit, then follow the task by callback or by polling (no progress stream to read)."""
@@ -265,8 +258,7 @@ class JobStream(Generic[R]):
 
     async def _after_break(self, error: MJError) -> None:
         """Carry on after a break: by polling a known task, or after checking the provider's records."""
-        deadline_at = self._record.deadline_at
-        if deadline_at is not None and time.monotonic() >= deadline_at:
+        if self._record.expired():
             # The connection's own overall timeout (the job's deadline) ended it: that is the answer.
             raise self._record.timed_out() from error
         if self._core.retry.max_retries == 0:

@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mjasync"
 #: Bottom to top. A module may import from its own row or rows below, never above.
 LAYERS: list[set[str]] = [
     {"_types", "_exceptions", "_config", "_redact"},
-    {"_models", "_ndjson", "_retry"},
+    {"_models", "_ndjson", "_retry", "_capacity"},
     {"_providers"},
     {"_transport", "_limiter"},
     # Fan-out (`_batch`) composes jobs and handles; the Client offers it as `run_many`, so they share a row.
@@ -20,7 +20,7 @@ LAYERS: list[set[str]] = [
     {"emulator", "testing", "cli", "webhooks", "__init__", "__main__"},
 ]
 #: Modules that must stay pure: no sockets, no event loop.
-PURE = {"_types", "_exceptions", "_config", "_redact", "_models", "_ndjson", "_retry", "_providers"}
+PURE = {"_types", "_exceptions", "_config", "_redact", "_models", "_ndjson", "_retry", "_capacity", "_providers"}
 
 
 def top_module(path: Path) -> str:

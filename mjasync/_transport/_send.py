@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from typing import NamedTuple, NoReturn
@@ -74,13 +75,21 @@ class Transport:
     def client_timeout(
         self, *, read: float | None = None, total: float | None = None
     ) -> aiohttp.ClientTimeout:
-        """An aiohttp timeout: connect and idle-read limits, and an optional overall limit."""
+        """An aiohttp timeout: connect and idle-read limits, and an optional overall limit.
+
+        The overall limit is kept exact (aiohttp would round one over 5 s up to a whole second of the
+        loop's clock): it is often the time left to a job's deadline.
+        """
         made = self._client_timeouts.get((read, total))
         if made is None:
             made = aiohttp.ClientTimeout(
-                total=total, sock_connect=self.timeouts.connect, sock_read=read or self.timeouts.read
+                total=total,
+                sock_connect=self.timeouts.connect,
+                sock_read=read or self.timeouts.read,
+                ceil_threshold=math.inf,
             )
-            if len(self._client_timeouts) < 64:
+            # Only the few fixed pairs are kept: a time left to a deadline is new every time.
+            if (total is None or total == self.timeouts.total) and len(self._client_timeouts) < 64:
                 self._client_timeouts[(read, total)] = made
         return made
 

@@ -8,7 +8,8 @@
 Faults for robustness tests: ``Emulator(faults=FaultPlan(rate=0.2, seed=1))`` for a seeded share of all
 requests, or per request the header ``x-mjasync-fault: 500; phase=after`` (grammar in `_faults`);
 ``Emulator(concurrency_limit=N)`` answers 429 past N open submits per token. Counters, tasks per prompt
-and faults are also served, without auth, at ``GET /_emulator/counters`` (``POST /_emulator/reset``).
+and faults are also served, without auth, at ``GET /_emulator/counters`` (``POST /_emulator/reset``);
+when each job ended (`Emulator.finish_times`) at ``GET /_emulator/finishes``.
 
 It shares no wire code with the mjasync client: its bodies are built from the provider's recorded
 examples, so a field-name mistake in the client cannot be hidden by the same mistake here.
@@ -184,6 +185,20 @@ class Emulator:
         self._store.reset_records()
         self._faults.reset()
 
+    @property
+    def finish_times(self) -> dict[str, float]:
+        """When each job that has ended by now ended, by task id (clock seconds; also served, without
+        auth, at ``GET /_emulator/finishes``): the moment its lookups began to show the final body."""
+        return self._store.finish_times()
+
+    def set_limits(self, **limits: Any) -> dict[str, Any]:
+        """Change limits while running (also ``POST /_emulator/limits``; details in `_faults`).
+
+        ``concurrency_limit=N`` (None for none) replaces the per-token limit; ``outage=S`` answers every
+        API request 429 for the next S seconds. Returns ``{"concurrency_limit", "outage_remaining"}``.
+        """
+        return self._faults.set_limits(limits)
+
     def task_record(self, task_id: str) -> dict[str, Any] | None:
         """Return the task record `/midjourney/tasks` would show now, or None for an unknown id."""
         task = self._store.tasks.get(task_id)
@@ -214,7 +229,7 @@ class Emulator:
                     store,
                     [_acedata.provider(), _goapi.provider()],
                     middlewares=[self._faults.middleware],
-                    extra_routes=self._faults.routes(),
+                    extra_routes=[*self._faults.routes(), store.finishes_route()],
                 )
                 runner = web.AppRunner(
                     app,

@@ -51,9 +51,21 @@ submits; elsewhere ``before``.
 and sync waits while they last, async submits until answered) is answered 429 with Retry-After before
 anything is created.
 
+Limits that change while the emulator runs (a provider that lowers an account's cap, or has an outage),
+set with `Emulator.set_limits` or, from another process, ``POST /_emulator/limits`` (no auth) with a
+JSON object of any of:
+
+- ``"concurrency_limit": N`` (or ``null`` for none) replaces the per-token limit from now on; submits
+  already open stay open.
+- ``"outage": S`` answers every API request (submits and lookups) 429 with Retry-After for the next
+  S seconds of the emulator's clock (``0`` ends an outage).
+
+It answers ``{"concurrency_limit", "outage_remaining"}``. The Retry-After of both 429s is the plan's
+(1 s without a plan).
+
 Every injected fault adds to ``counters``: ``faults``, ``faulted_requests``, ``fault_before`` /
 ``fault_after`` (whether the handler ran) and ``fault_<kind>`` for kinds ``429 500 502 503 504 reset cut
-malformed slow concurrency``. ``GET /_emulator/counters`` (no auth, never faulted) returns
+malformed slow concurrency outage``. ``GET /_emulator/counters`` (no auth, never faulted) returns
 ``{"counters", "tasks_per_prompt", "faults" (count by kind), "fault_log" (`FaultRecord` fields: kind,
 phase, path, source, task_id)}``; ``POST /_emulator/reset`` clears them with the other records and
 returns the same shape.
@@ -110,7 +122,7 @@ FAULT_COUNTERS = (
     "faulted_requests",
     "fault_before",
     "fault_after",
-    *(f"fault_{kind}" for kind in (*FAULT_KINDS, "concurrency")),
+    *(f"fault_{kind}" for kind in (*FAULT_KINDS, "concurrency", "outage")),
 )
 #: Requests that may create a billed task: AceData's long jobs and GoAPI's legacy task endpoints.
 SUBMIT_PATHS = frozenset(
@@ -254,7 +266,7 @@ class FaultRecord:
     kind: str
     phase: Phase
     path: str
-    #: ``header``, ``plan`` or ``limit`` (the concurrency limit).
+    #: ``header``, ``plan``, ``limit`` (the concurrency limit) or ``outage``.
     source: str
     task_id: str | None = None
 
@@ -458,6 +470,8 @@ class FaultInjector:
         self.log: list[FaultRecord] = []
         self._seen: dict[tuple[str, str], int] = {}
         self._open: dict[str, int] = {}
+        #: Every API request is answered 429 until this time of the store's clock.
+        self.outage_until = -math.inf
         self.reset()
 
         @web.middleware
@@ -469,7 +483,7 @@ class FaultInjector:
     def reset(self) -> None:
         """Forget fault records and plan draws; seed the fault counters at 0."""
         self.by_kind.clear()
-        self.by_kind.update(dict.fromkeys((*FAULT_KINDS, "concurrency"), 0))
+        self.by_kind.update(dict.fromkeys((*FAULT_KINDS, "concurrency", "outage"), 0))
         self.log.clear()
         self._seen.clear()
         for name in FAULT_COUNTERS:
@@ -486,7 +500,35 @@ class FaultInjector:
 
     def routes(self) -> list[web.RouteDef]:
         """The emulator-only routes: counters and reset (no auth; outside every provider's prefix)."""
-        return [web.get("/_emulator/counters", self._counters), web.post("/_emulator/reset", self._reset)]
+        return [
+            web.get("/_emulator/counters", self._counters),
+            web.post("/_emulator/reset", self._reset),
+            web.post("/_emulator/limits", self._limits),
+        ]
+
+    def set_limits(self, settings: Mapping[str, Any]) -> dict[str, Any]:
+        """Apply ``concurrency_limit`` and/or ``outage`` (see the module docstring); the limits now.
+
+        Raises:
+            ValueError: an unknown name or a bad value.
+        """
+        unknown = set(settings) - {"concurrency_limit", "outage"}
+        if unknown:
+            raise ValueError(f"unknown limits {sorted(unknown)}; give concurrency_limit and/or outage")
+        if "concurrency_limit" in settings:
+            limit = settings["concurrency_limit"]
+            if limit is not None and (type(limit) is not int or limit < 1):
+                raise ValueError("concurrency_limit must be an integer >= 1 or null")
+            self.concurrency_limit = limit
+        if "outage" in settings:
+            seconds = settings["outage"]
+            if type(seconds) not in (int, float) or not 0 <= seconds < math.inf:
+                raise ValueError("outage must be a number of seconds >= 0")
+            self.outage_until = self.store.clock() + seconds if seconds else -math.inf
+        return {
+            "concurrency_limit": self.concurrency_limit,
+            "outage_remaining": max(0.0, self.outage_until - self.store.clock()),
+        }
 
     def snapshot(self) -> dict[str, Any]:
         """The body of ``GET /_emulator/counters``."""
@@ -500,6 +542,15 @@ class FaultInjector:
     async def _counters(self, _request: web.Request) -> web.Response:
         return web.json_response(self.snapshot())
 
+    async def _limits(self, request: web.Request) -> web.Response:
+        try:
+            settings = json.loads(await request.read())
+            if not isinstance(settings, dict):
+                raise ValueError("send a JSON object")
+            return web.json_response(self.set_limits(settings))
+        except ValueError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+
     async def _reset(self, _request: web.Request) -> web.Response:
         self.store.reset_records()
         self.reset()
@@ -510,6 +561,11 @@ class FaultInjector:
     async def _handle(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if provider_for(request) is None:
             return await handler(request)
+        if self.store.clock() < self.outage_until:
+            self.record(FaultRecord("outage", "before", request.path, "outage"), first_of_request=True)
+            return self._error(
+                request, 429, self._retry_after(Fault(status=429, retry_after=self._limit_wait))
+            )
         fault, source = await self._choose(request)
         pending = _Pending(self, fault, source, request.path) if fault else None
         if pending is not None and pending.fault.fails and pending.fault.phase == "before":

@@ -90,6 +90,11 @@ class GoapiTask:
     image: ImageRecord | None = None
     actions: tuple[str, ...] = ()
 
+    @property
+    def finished_at(self) -> float:
+        """When it ends (finished or failed): its last phase."""
+        return self.phases[-1].at
+
     def index_at(self, now: float) -> int:
         """Return the index of the phase current at *now* (the first one before it starts)."""
         current = 0

@@ -382,6 +382,25 @@ class Store:
         table = self.tasks_by_trace if by_trace else self.tasks
         return [table[i] for i in ids if i in table]
 
+    def finish_times(self) -> dict[str, float]:
+        """When each job that has ended by now ended (clock seconds), AceData's and GoAPI's, by task id.
+
+        The time its final (or failure) body became what its lookups show: how late a client learns of
+        the end is measured from here.
+        """
+        now = self.clock()
+        ends = {task.id: task.finished_at for task in self.tasks.values()}
+        ends.update((task.id, task.finished_at) for task in self.goapi_tasks.values())
+        return {task_id: at for task_id, at in ends.items() if at <= now}
+
+    def finishes_route(self) -> web.RouteDef:
+        """``GET /_emulator/finishes`` (no auth): ``{"finished": {task_id: unix seconds}}``, as `finish_times`."""
+
+        async def finishes(_request: web.Request) -> web.Response:
+            return web.json_response({"finished": self.finish_times()})
+
+        return web.get("/_emulator/finishes", finishes)
+
     def reset_records(self) -> None:
         """Forget recorded requests, callbacks and counters (tasks and images stay)."""
         self.requests.clear()

@@ -705,3 +705,67 @@ def test_cli_rejects_bad_fault_flags(argv: list[str], capsys: pytest.CaptureFixt
     """Bad fault flags exit with status 2 and a message, before serving."""
     assert main(argv) == 2
     assert "error:" in capsys.readouterr().err
+
+
+# --- limits that change while running ----------------------------------------------------------------
+
+
+async def test_the_concurrency_limit_can_change_while_running() -> None:
+    """`POST /_emulator/limits` lowers, then lifts, the per-token limit; open submits are not touched."""
+    clock = ManualClock()
+    async with running(speed=10, clock=clock) as (emu, session):
+        async with session.post(f"{emu.url}/_emulator/limits", json={"concurrency_limit": 1}) as resp:
+            assert resp.status == 200
+            assert await resp.json() == {"concurrency_limit": 1, "outage_remaining": 0.0}
+        opened = 0
+        lines: list[int] = []
+
+        async def hold_stream() -> None:
+            nonlocal opened
+            async with post_acedata(
+                session, emu, "/midjourney/imagine", {"prompt": "held"}, accept=NDJSON
+            ) as resp:
+                opened += 1
+                lines.append(len([line async for line in resp.content]))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(hold_stream)
+            await eventually(lambda: opened == 1, "the stream is open")
+            over = await post(session, emu, "/midjourney/imagine", {"prompt": "over", "async": True})
+            assert over[0] == 429 and emu.faults["concurrency"] == 1
+            assert emu.set_limits(concurrency_limit=None)["concurrency_limit"] is None
+            room = await post(session, emu, "/midjourney/imagine", {"prompt": "room", "async": True})
+            assert room[0] == 200
+            clock.advance(10)
+        assert lines == [6] and "over" not in emu.tasks_per_prompt
+
+
+async def test_an_outage_refuses_every_request_for_its_seconds() -> None:
+    """`outage=S`: submits and lookups alike get 429 with Retry-After until S seconds have passed."""
+    clock = ManualClock()
+    async with running(clock=clock) as (emu, session):
+        status, _, raw = await post(session, emu, "/midjourney/imagine", {"prompt": "before", "async": True})
+        task_id = json.loads(raw)["task_id"]
+        assert emu.set_limits(outage=5)["outage_remaining"] == 5
+        status, headers, raw = await post(
+            session, emu, "/midjourney/imagine", {"prompt": "during", "async": True}
+        )
+        assert status == 429 and headers["Retry-After"] == "1"
+        assert_acedata_error(raw, "too_many_requests")
+        lookup, _, _ = await post(session, emu, "/midjourney/tasks", {"id": task_id, "action": "retrieve"})
+        assert lookup == 429
+        assert emu.counters["fault_outage"] == emu.faults["outage"] == 2
+        assert emu.fault_log[-1].source == "outage"
+        clock.advance(5)
+        assert (await post(session, emu, "/midjourney/imagine", {"prompt": "after", "async": True}))[0] == 200
+        assert "during" not in emu.tasks_per_prompt
+
+
+@pytest.mark.parametrize(
+    "body", [{"concurrency_limit": 0}, {"outage": -1}, {"outage": "soon"}, {"cap": 4}, [1]], ids=str
+)
+async def test_bad_limits_are_refused(body: Any) -> None:
+    async with running() as (emu, session):
+        async with session.post(f"{emu.url}/_emulator/limits", json=body) as resp:
+            assert resp.status == 400
+            assert "error" in await resp.json()
