@@ -81,9 +81,10 @@ class Spread:
 
     def describe(self, unit: str = "") -> str:
         """E.g. "median of 7 passes, 183–201 µs" (the range is what one pass could have reported)."""
-        passes = "1 pass" if self.count == 1 else f"median of {self.count} passes"
+        if self.count == 1:
+            return "1 pass"
         unit = f" {unit}" if unit else ""
-        return f"{passes}, {_plain(self.low)}–{_plain(self.high)}{unit}"
+        return f"median of {self.count} passes, {_plain(self.low)}–{_plain(self.high)}{unit}"
 
 
 def _plain(value: float) -> str:

@@ -12,11 +12,12 @@ built on); the seeds' `requests` sample as printed (a bare `requests.post` per j
 threads; AceData's own SDK (`acedatacloud==2026.6.14.0`, `AsyncAceDataCloud(base_url=...,
 max_retries=0)`, `images.generate(provider="midjourney")`).
 
-Each contender process first runs a warm-up, then `--repeats` timed rounds; the contenders take
-turns for three passes, then raw aiohttp and mjasync (the pair the target compares) for four more,
-and each keeps its best round (the least CPU; as msgspec's benchmarks report the fastest of
-several), so a slow spell of the machine does not land on one of them only. The pass-by-pass
-spread of mjasync's ratio is reported beside it.
+Each contender process (one pass) first runs a warm-up, then `--repeats` timed rounds, and reports
+its median round. The contenders take turns for three passes (in reverse order every other pass),
+then raw aiohttp and mjasync (the pair the target compares) for four more, so a slow spell of the
+machine falls on all of them. Every contender's figure is the median of its passes, with their
+range beside it, and the ratios are ratios of medians: no contender keeps its best pass (a ratio of
+two bests lands anywhere in the noise). mjasync's row also gives its ratio pass by pass.
 Targets: mjasync ≤ 1.15× raw aiohttp's CPU per job, and ≤ 1/10 of the httpx script's.
 """
 
@@ -295,7 +296,7 @@ def summarise(bench: str, passes: list[Pass], target: float) -> tuple[list[Figur
     cpu_spread = {contender: Spread.of(values) for contender, values in cpu.items()}
     rate_spread = {contender: Spread.of(values) for contender, values in rate.items()}
     cpu_notes = {contender: spread.describe("µs") for contender, spread in cpu_spread.items()}
-    if paired:
+    if len(paired) > 1:
         ratios = Spread.of(paired)
         cpu_notes["mjasync"] += (
             f"; its ratio pass by pass {ratios.low:.2f}–{ratios.high:.2f}×, median {ratios.median:.2f}×"

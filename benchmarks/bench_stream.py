@@ -9,7 +9,8 @@ reading the body line by line and decoding each line with a reused msgspec decod
 (`stream=True`, `iter_lines()`) in a pool of 64 threads. AceData's SDK has no ndjson streaming (its
 streams are SSE only; peers.md), so it is not in this one.
 
-Target: mjasync ≤ 1.2× raw aiohttp's CPU per job.
+Passes and figures as in benchmark 1 (`bench_fanout.compare`): interleaved passes, every contender's
+median with its range. Target: mjasync ≤ 1.2× raw aiohttp's CPU per job, on the medians.
 """
 
 from __future__ import annotations

@@ -65,6 +65,7 @@ BENCHES: dict[str, Callable[[bool], list[Figure]]] = {
     "3": decoder_figures,
     "4": _module_run("bench_scale"),
     "5": _module_run("bench_polling"),
+    "6": _module_run("bench_capacity"),
 }
 
 

@@ -122,16 +122,17 @@ class PollPolicy(msgspec.Struct, kw_only=True, frozen=True):
       `initial_interval` by `factor` up to `max_interval` (1, 1.5, 2.25, ... 10 s), and starts again
       from `initial_interval` whenever progress rises;
     - once progress has risen twice, its pace gives an estimate of the job's end (the sooner of the
-      pace over the whole span and over the latest step). Lookups close in on it, each after a third of the
-      time left, and the one meant to find the job done comes just after the estimate (0.1 s);
-    - a job still running past its estimate is looked up again after a third of the time it has overrun,
-      so noticing its end late stays a share of how wrong the estimate was.
+      pace over the whole span and over the latest step). Lookups close in on it, each after a
+      third of the time left, and the one meant to find the job done comes just after the
+      estimate (0.1 s);
+    - a job still running past its estimate is looked up again after a third of the time it has
+      overrun, so noticing its end late stays a share of how wrong the estimate was.
 
     No wait is shorter than `initial_interval` nor longer than `max_interval`, except that a lookup
-    may come early (never late) to ride in a batched lookup that goes out anyway. Every waiting job of
-    a client shares those lookups: one `retrieve_batch` (AceData) or `multi_fetch` (GoAPI) of up to
-    `max_batch` ids serves all that fall due within `batch_window`, and takes those due within half
-    their wait while it has room.
+    other than the first may come early (never late) to ride in a batched lookup that goes out anyway.
+    Every waiting job of a client shares those lookups: one `retrieve_batch` (AceData) or `multi_fetch`
+    (GoAPI) of up to `max_batch` ids serves all that fall due within `batch_window`, and takes those
+    due within half their wait while it has room.
 
     `deadline` bounds every way of waiting for a job: `await job` with every `via` (stream, poll,
     callback, sync long wait), iterating `job.stream()`, and `TaskHandle.wait()` / `updates()` (GoAPI's

@@ -306,9 +306,10 @@ class Job(Generic[R]):
 class TaskHandle(Generic[R]):
     """A submitted job, known by its `task_id`: wait on it, follow its progress, or read its record.
 
-    Waiting polls the tasks endpoint with a growing interval; handles waiting at the same time share
-    one batched lookup per round. By default a wait ends `PollPolicy.deadline` seconds after the job's
-    first send (for a handle made from a bare task id, after its first wait began), and sooner with
+    Waiting polls the tasks endpoint when the job's progress says it is likely done (see
+    `PollPolicy`); handles waiting at the same time share one batched lookup per round. By default a
+    wait ends `PollPolicy.deadline` seconds after the job's first send (for a handle made from a bare
+    task id, after its first wait began), and sooner with
     `TaskNotFoundError` when lookup after lookup the provider has no record of the task.
     """
 

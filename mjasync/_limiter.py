@@ -158,9 +158,9 @@ class JobLimiter:
                 await self._sleep(retry_after)  # this request's own wait
             await self.before_request()  # and the shared pause, if one is running
             # Re-send only into room under the cap: the jobs out now exclude those waiting here.
+            # No checkpoint between the last check and leaving: the next waiter sees this job out.
             while self._slots.borrowed_tokens - self._retrying >= math.floor(self._state.limit):
                 await self._changed.wait()
-            await self.before_request()
         finally:
             self._retrying -= 1
 

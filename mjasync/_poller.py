@@ -8,7 +8,9 @@ Jobs rarely fall due at the same moment (they were submitted at different times,
 carry jitter, progress shortens them), so a window alone gathers a few ids per lookup. A round with
 room left therefore also takes the waiters that are still sleeping but within `EARLY_SHARE` of their
 interval from due, soonest due first, up to `max_batch`: their lookup comes a little early, riding in
-a request that goes out anyway, and no lookup ever comes later than it would have.
+a request that goes out anyway, and no lookup ever comes later than it would have. A job's first
+lookup never rides early: it comes the documented `initial_interval` after the submit, so a job done
+by then is found by it (early, it would find the job running, and the next would come a wait later).
 
 When each job's lookups come is its `PollSchedule`'s say, a pure function of what its lookups have
 shown and the time (`observe`, `next_delay`): the progress and its pace. Until a job has moved twice
@@ -102,8 +104,7 @@ class PollSchedule:
 
 
 def observe(schedule: PollSchedule, progress: float | None, now: float, poll: PollPolicy) -> PollSchedule:
-    """The schedule after a lookup answered at `now` showed `progress` (None: none, e.g. still queued,
-    or no record of the task).
+    """The schedule after a lookup answered at `now` showed `progress` (None: none yet, e.g. queued).
 
     A rise of progress is news: the wait without an estimate starts again from `initial_interval`.
     Progress 0 is no rise: a job can sit at 0 in a queue.
@@ -115,6 +116,7 @@ def observe(schedule: PollSchedule, progress: float | None, now: float, poll: Po
         interval=poll.initial_interval,
         looked_at=now,
         progress=progress,
+        # The first rise, the latest one before this, and this.
         rises=(*schedule.rises[:1], *schedule.rises[1:][-1:], (rose_at, progress)),
     )
 
@@ -325,6 +327,9 @@ class PollCursor(Generic[R]):
         self._kind = kind
         self._task_id = task_id
         self._delay = first_poll_delay
+        #: How much sooner a round may take the next lookup: never the first (the documented
+        #: `initial_interval` after the submit, which a job done by then is found at).
+        self._early = 0.0
         self._seen_progress = seen_progress
         self._schedule = PollSchedule.start(core.poll)
         #: True once the final result has been returned.
@@ -361,7 +366,7 @@ class PollCursor(Generic[R]):
     async def _look(self, delay: float) -> R | None:
         """Look the task up `delay` seconds from now (or a little sooner, in a round with room)."""
         try:
-            body = await self._core.poller.poll(self._task_id, delay=delay, early=EARLY_SHARE * delay)
+            body = await self._core.poller.poll(self._task_id, delay=delay, early=self._early)
         except (BadRequestError, NotFoundError, ResponseDecodeError) as error:
             # 400/404: how a provider answers a lookup of one id it does not know (AceData: 400 "not
             # found"). An answer that cannot be read tells no more about the task than a missing one.
@@ -408,8 +413,8 @@ class PollCursor(Generic[R]):
         self._schedule = schedule
         # A little jitter (never later) keeps jobs from all falling due at one instant; rounds with
         # room regroup them (a lookup may ride `EARLY_SHARE` of its wait early), so batches stay full.
-        delay = next_delay(schedule, now, self._core.poll)
-        self._delay = delay * (1.0 - 0.1 * random.random())
+        self._delay = next_delay(schedule, now, self._core.poll) * (1.0 - 0.1 * random.random())
+        self._early = EARLY_SHARE * self._delay
 
     def _missed(self, error: MJError | None) -> None:
         """A lookup found no readable record of the task: past `max_missing_lookups` in a row, the wait ends.

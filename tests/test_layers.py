@@ -20,7 +20,17 @@ LAYERS: list[set[str]] = [
     {"emulator", "testing", "cli", "webhooks", "__init__", "__main__"},
 ]
 #: Modules that must stay pure: no sockets, no event loop.
-PURE = {"_types", "_exceptions", "_config", "_redact", "_models", "_ndjson", "_retry", "_capacity", "_providers"}
+PURE = {
+    "_types",
+    "_exceptions",
+    "_config",
+    "_redact",
+    "_models",
+    "_ndjson",
+    "_retry",
+    "_capacity",
+    "_providers",
+}
 
 
 def top_module(path: Path) -> str:
