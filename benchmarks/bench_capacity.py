@@ -13,10 +13,10 @@ its own emulator, the three run side by side (this benchmark measures behaviour,
 
 Cases (Retry-After 1 s on every 429; the emulator's counters count every request, whoever sent it):
 
-- **cap N** (4, 16, 48): `--concurrency-limit N`. Mean in flight after a 5 s warm-up (each job counts
-  from its first line to its last, for every contender: a lower bound, as the emulator holds the
-  job a little before its first line) >= 0.9 N; refused submits <= 5 % after the warm-up (also shown for
-  the whole run, which includes the 64 submits sent at once at the start).
+- **cap N** (4, 16, 48): `--concurrency-limit N`. Mean in flight after a 5 s warm-up (the submits the
+  emulator holds open, which is what its cap counts: the integral it keeps, `open_submits.seconds`,
+  read every 0.25 s) >= 0.9 N; refused submits <= 5 % after the warm-up (also shown for the whole run,
+  which includes the 64 submits sent at once at the start).
 - **random refusals**: 16 workers, no cap, 15 % of submits refused at random (a seeded `FaultPlan`):
   jobs/s >= 0.6x the same run without faults.
 - **outage**: cap 16; every request refused for 10 s (`POST /_emulator/limits {"outage": 10}`): at
@@ -24,7 +24,10 @@ Cases (Retry-After 1 s on every 429; the emulator's counters count every request
 - **changing cap**: 16 -> 4 -> 16 (`{"concurrency_limit": N}`): converged (a 2 s window at >= 0.9 of the
   new cap's rate, and refusals in it <= 10 % of submits) within 20 s of each change.
 
-    python benchmarks/run.py --only 6        # or --quick for a few seconds of each
+Every case is run `PASSES` (3) times, the passes one after another over all the cases; each figure
+is the median of its passes, with their range beside it.
+
+    python benchmarks/run.py --only 6        # about 12 minutes; --quick: a few seconds of one case
 
 A contender process: `bench_capacity.py --contender {mjasync,aimd,semaphore} --url URL --seconds T
 --workers W [--schedule JSON]` prints one JSON line: completion times and the emulator's counters,
@@ -45,7 +48,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import aiohttp
-from _harness import TOKEN, Figure, emit, emulator, spawn
+from _harness import TOKEN, Figure, Spread, emit, emulator, spawn
 
 __all__ = ["BENCH", "CONTENDERS", "run"]
 
@@ -59,6 +62,8 @@ WORKERS = 64
 #: Seconds each job takes at the emulator.
 SPEED = 0.5
 SAMPLE = 0.25
+#: Passes over all the cases (each figure is the median of its passes).
+PASSES = 3
 REFUSED = ("fault_429", "fault_concurrency", "fault_outage")
 
 
@@ -73,10 +78,10 @@ def _post_limits(url: str, limits: dict[str, Any]) -> None:
         pass
 
 
-def _counters(url: str) -> dict[str, int]:
+def _counters(url: str) -> dict[str, Any]:
     with urllib.request.urlopen(f"{url}/_emulator/counters", timeout=30) as response:  # 127.0.0.1
         body: dict[str, Any] = json.loads(response.read())
-    return dict(body["counters"])
+    return body
 
 
 async def _scenario(url: str, schedule: list[tuple[float, dict[str, Any]]], started: float) -> None:
@@ -89,35 +94,33 @@ async def _sampler(url: str, samples: list[dict[str, float]], started: float, un
     with ThreadPoolExecutor(1) as pool:
         loop = asyncio.get_running_loop()
         while time.monotonic() < until:
-            got = await loop.run_in_executor(pool, _counters, url)
+            body = await loop.run_in_executor(pool, _counters, url)
+            got = body["counters"]
             samples.append(
                 {
                     "t": time.monotonic() - started,
                     "submits": got.get("submits", 0),
                     "refused": sum(got.get(name, 0) for name in REFUSED),
                     "outage": got.get("fault_outage", 0),
+                    # Seconds of open submits (the integral the emulator keeps): what the cap counts.
+                    "held": body["open_submits"]["seconds"],
                 }
             )
             await asyncio.sleep(SAMPLE)
 
 
-async def _mjasync_worker(
-    client: Any, done: list[float], spans: list[tuple[float, float]], started: float, until: float, index: int
-) -> None:
+async def _mjasync_worker(client: Any, done: list[float], started: float, until: float, index: int) -> None:
     count = 0
     while time.monotonic() < until:
         count += 1
-        accepted: float | None = None
         try:
             async with client.imagine(f"worker {index} job {count}").stream() as updates:
                 async for _ in updates:
-                    if accepted is None:  # the first line: the provider holds the job
-                        accepted = time.monotonic() - started
-        except Exception:  # a job given up on (e.g. out of retries) is simply not counted
+                    pass
+        except Exception:  # a job given up on is simply not counted
             continue
-        if updates.final is not None and accepted is not None:
+        if updates.final is not None:
             done.append(time.monotonic() - started)
-            spans.append((accepted, done[-1]))
 
 
 async def _semaphore_worker(
@@ -125,7 +128,6 @@ async def _semaphore_worker(
     url: str,
     gate: asyncio.Semaphore,
     done: list[float],
-    spans: list[tuple[float, float]],
     started: float,
     until: float,
     index: int,
@@ -141,13 +143,10 @@ async def _semaphore_worker(
                     if resp.status == 429:
                         await asyncio.sleep(float(resp.headers.get("Retry-After", "1")))
                         continue
-                    accepted: float | None = None
                     async for _ in resp.content:
-                        if accepted is None:  # the first line, as for mjasync
-                            accepted = time.monotonic() - started
-                    if resp.status == 200 and accepted is not None:
+                        pass
+                    if resp.status == 200:
                         done.append(time.monotonic() - started)
-                        spans.append((accepted, done[-1]))
                     break
 
 
@@ -157,8 +156,6 @@ async def contend(
     started = time.monotonic()
     until = started + seconds
     done: list[float] = []
-    #: (accepted, finished) of every job, seconds from the start.
-    spans: list[tuple[float, float]] = []
     samples: list[dict[str, float]] = []
     side = [_scenario(url, schedule, started), _sampler(url, samples, started, until)]
     if contender == "semaphore":
@@ -167,10 +164,7 @@ async def contend(
         async with aiohttp.ClientSession(connector=connector) as session:
             await asyncio.gather(
                 *side,
-                *(
-                    _semaphore_worker(session, url, gate, done, spans, started, until, i)
-                    for i in range(workers)
-                ),
+                *(_semaphore_worker(session, url, gate, done, started, until, i) for i in range(workers)),
             )
     else:
         import mjasync
@@ -183,9 +177,9 @@ async def contend(
                 # Benchmark only: the earlier control, on the same client.
                 client._core = dataclasses.replace(client._core, limiter=JobLimiter(WORKERS, policy="aimd"))
             await asyncio.gather(
-                *side, *(_mjasync_worker(client, done, spans, started, until, i) for i in range(workers))
+                *side, *(_mjasync_worker(client, done, started, until, i) for i in range(workers))
             )
-    return {"contender": contender, "seconds": seconds, "done": done, "spans": spans, "samples": samples}
+    return {"contender": contender, "seconds": seconds, "done": done, "samples": samples}
 
 
 # --- the cases ----------------------------------------------------------------------------------------
@@ -238,10 +232,12 @@ def _measure(case: Case) -> dict[str, dict[str, Any]]:
         return {name: future.result() for name, future in futures.items()}
 
 
-def _in_flight(spans: Sequence[Sequence[float]], start: float, end: float) -> float:
-    """Mean number of jobs the provider held between `start` and `end` (from each job's span)."""
-    held = sum(max(0.0, min(b, end) - max(a, start)) for a, b in spans)
-    return held / (end - start)
+def _in_flight(samples: Sequence[dict[str, float]], start: float, end: float) -> float:
+    """Mean number of submits the provider held open between `start` and `end` (nearest samples)."""
+    inside = [s for s in samples if start <= s["t"] <= end]
+    if len(inside) < 2:
+        return 0.0
+    return (inside[-1]["held"] - inside[0]["held"]) / (inside[-1]["t"] - inside[0]["t"])
 
 
 def _rate(done: Sequence[float], start: float, end: float) -> float:
@@ -274,29 +270,67 @@ def _converged_after(result: dict[str, Any], change: float, cap: int, limit: flo
     return math.inf
 
 
-def _figure(contender: str, metric: str, value: float, unit: str, sense: str, bound: float) -> Figure:
-    met = (value <= bound if sense == "<=" else value >= bound) if contender == MJASYNC else None
-    target = f"{sense} {bound:g}" if contender == MJASYNC else ""
-    return Figure(BENCH, contender, metric, value, unit, None, target, met)
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One measured number of one pass; `sense` and `bound` the target (mjasync's rows only)."""
+
+    contender: str
+    metric: str
+    value: float
+    unit: str
+    sense: str = ""
+    bound: float = 0.0
+
+
+def _figure(contender: str, metric: str, value: float, unit: str, sense: str, bound: float) -> Row:
+    return (
+        Row(contender, metric, value, unit, sense, bound)
+        if contender == MJASYNC
+        else Row(contender, metric, value, unit)
+    )
+
+
+def _medians(passes: Sequence[Sequence[Row]]) -> list[Figure]:
+    """Each figure's median over the passes, with its range beside it (the same rows in every pass)."""
+    figures = []
+    for rows in zip(*passes, strict=True):
+        first = rows[0]
+        spread = Spread.of([row.value for row in rows])
+        value = spread.median
+        met = None
+        if first.sense:
+            met = value <= first.bound if first.sense == "<=" else value >= first.bound
+        target = f"{first.sense} {first.bound:g}" if first.sense else ""
+        note = "" if spread.count == 1 else spread.describe(first.unit)
+        figures.append(
+            Figure(BENCH, first.contender, first.metric, value, first.unit, None, target, met, note)
+        )
+    return figures
 
 
 def run(quick: bool = False) -> list[Figure]:
-    """The figures of every case; `quick`: only the cap-16 case, briefly (checks that it all runs)."""
+    """Every case, `PASSES` times over (the cases interleaved): each figure's median and range.
+
+    `quick`: one pass of the cap-16 case, briefly (checks that it all runs).
+    """
+    return _medians([_one_pass(quick) for _ in range(1 if quick else PASSES)])
+
+
+def _one_pass(quick: bool) -> list[Row]:
+    """One pass over the cases: a row per contender and metric, always in the same order."""
     scale = 0.25 if quick else 1.0
-    figures: list[Figure] = []
+    figures: list[Row] = []
     warm = 5.0 * scale
     for cap in (16,) if quick else (4, 16, 48):
         case = Case(f"cap {cap}", seconds=20 * scale, cap=cap)
         for name, result in _measure(case).items():
-            in_flight = _in_flight(result["spans"], warm, case.seconds)
+            in_flight = _in_flight(result["samples"], warm, case.seconds)
             after = _refused_share(result["samples"], warm, case.seconds)
             overall = _refused_share(result["samples"], 0, case.seconds)
             figures += [
                 _figure(name, f"cap {cap}: in flight / cap", in_flight / cap, "×", ">=", 0.9),
                 _figure(name, f"cap {cap}: refused submits after warm-up", 100 * after, "%", "<=", 5.0),
-                Figure(
-                    BENCH, name, f"cap {cap}: refused submits, all (the first 64 at once)", 100 * overall, "%"
-                ),
+                Row(name, f"cap {cap}: refused submits, all (the first 64 at once)", 100 * overall, "%"),
             ]
     if quick:
         return figures

@@ -18,7 +18,7 @@ import functools
 import math
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from types import TracebackType
@@ -63,6 +63,8 @@ R = TypeVar("R", bound=Result)
 
 #: The least overall timeout a request is given (aiohttp reads 0 as "none").
 _LEAST_TIMEOUT = 0.001
+#: How soon after a job's first send its requests still get the whole deadline as their timeout.
+_FRESH = 0.001
 
 
 def with_retries_taken(result: R, retries: int) -> R:
@@ -109,7 +111,16 @@ class SendRecord:
     the job at any point knows whether the provider may hold a task for it, and which.
     """
 
-    __slots__ = ("_scopes", "deadline", "on_task_id", "orphan_sent_at", "sent_at", "sent_clock", "task_id")
+    __slots__ = (
+        "_scopes",
+        "deadline",
+        "deadline_at",
+        "on_task_id",
+        "orphan_sent_at",
+        "sent_at",
+        "sent_clock",
+        "task_id",
+    )
 
     def __init__(self, deadline: float | None) -> None:
         #: Seconds from the first send that waiting for the job may take (`PollPolicy.deadline`).
@@ -118,6 +129,9 @@ class SendRecord:
         self.sent_at: float | None = None
         #: `time.monotonic()` of the first send.
         self.sent_clock: float | None = None
+        #: When (`time.monotonic()`) waiting gives up; None before the first send or with no deadline.
+        #: Set once at the first send, not a property: a stream checks it for every update it hands out.
+        self.deadline_at: float | None = None
         #: The provider's id for the job, once known.
         self.task_id: str | None = None
         #: Unix time of an earlier send that may have made a task of its own before the job was sent
@@ -129,18 +143,21 @@ class SendRecord:
         # list per job: most jobs never open one (their requests carry the deadline themselves).
         self._scopes: tuple[anyio.CancelScope, ...] = ()
 
-    @property
-    def deadline_at(self) -> float | None:
-        """When (`time.monotonic()`) waiting gives up; None before the first send or with no deadline."""
-        if self.deadline is None or self.sent_clock is None:
-            return None
-        return self.sent_clock + self.deadline
-
     def time_left(self) -> float | None:
         """Seconds to the deadline (at least a sliver: aiohttp reads 0 as "no limit"), for a request's
-        own overall timeout; None with no deadline or before the first send."""
-        deadline_at = self.deadline_at
-        return None if deadline_at is None else max(deadline_at - time.monotonic(), _LEAST_TIMEOUT)
+        own overall timeout; None with no deadline or before the first send.
+
+        Within `_FRESH` of the first send it is the whole deadline (so at most that much late): the
+        usual first request then gets the same fixed timeout as every other job's, built once
+        (`Transport.client_timeout`), rather than one of its own.
+        """
+        deadline, deadline_at = self.deadline, self.deadline_at
+        if deadline is None or deadline_at is None:
+            return None
+        left = deadline_at - time.monotonic()
+        if left > deadline - _FRESH:
+            return deadline
+        return max(left, _LEAST_TIMEOUT)
 
     def expired(self) -> bool:
         """Whether the deadline has passed."""
@@ -152,9 +169,9 @@ class SendRecord:
         if self.sent_clock is not None:
             return
         self.sent_at = time.time()
-        self.sent_clock = time.monotonic()
-        deadline_at = self.deadline_at
-        if deadline_at is not None:
+        self.sent_clock = sent_clock = time.monotonic()
+        if self.deadline is not None:
+            self.deadline_at = deadline_at = sent_clock + self.deadline
             for scope in self._scopes:
                 scope.deadline = deadline_at
 
@@ -243,14 +260,14 @@ async def call_with_retries(core: Core, send: Callable[[], Awaitable[T]]) -> T:
     raise out_of_time from last
 
 
-async def submit_with_retries(
+def submit_with_retries(
     core: Core,
     send: Callable[[], Awaitable[T]],
     request: AnyRequest,
     *,
     record: SendRecord | None = None,
     budget: float | NotGiven | None = NOT_GIVEN,
-) -> tuple[T | Resumed, int]:
+) -> Coroutine[Any, Any, tuple[T | Resumed, int]]:
     """Send a submit; return its answer (or the task found after a lost answer) and the retries taken.
 
     `record` notes the first send. The sends, retries and reconciling lookups share `budget` seconds
@@ -265,60 +282,44 @@ async def submit_with_retries(
     first try, pays for no cancel scope.
     """
     limit = core.transport.timeouts.total if isinstance(budget, NotGiven) else budget
-    #: The job whose deadline bounds the waits here, when no budget does.
-    bounding = record if limit is None else None
-    attempt = 0
-    last: MJError | None = None
-    #: Whether the current attempt's fate is open, or an earlier one may have made a task that no
-    #: lookup found or ruled out.
-    unsettled = maybe_made = False
-
-    async def attempts() -> tuple[T | Resumed, int]:
-        nonlocal attempt, last, unsettled, maybe_made
-        while True:
-            if attempt and not core.limiter.clear_to_submit():
-                with _within_deadline(bounding):
-                    await core.limiter.before_submit()
-            sent_at = time.time()
-            if record is not None:
-                record.mark_sent()
-            unsettled = True
-            try:
-                with core.limiter.sending():
-                    return await send(), attempt
-            except MJError as error:
-                last = error
-                if bounding is not None and bounding.expired():
-                    # The request's own overall timeout (the job's deadline) ended it: that is the answer.
-                    raise bounding.timed_out() from error
-                if core.retry.max_retries == 0:
-                    raise  # the resilience layer is off: the first error is the answer
-                with _within_deadline(bounding):
-                    if phase_of(error) == "unknown":
-                        task_id = await reconcile_submit(core, request, error, sent_at, attempt)
-                        if task_id is not None:
-                            return Resumed(task_id, attempt), attempt
-                        # Proven (or, by policy, assumed) that no task was made: a retry cannot pay twice.
-                        if core.retry.on_ambiguous_submit == "resubmit":
-                            maybe_made = True
-                            if record is not None and record.orphan_sent_at is None:
-                                # Sent again by the user's choice: this attempt may have left a task of its own.
-                                record.orphan_sent_at = sent_at
-                    unsettled = False
-                    await _back_off_or_raise(core, error, attempt, submit=True)
-            attempt += 1
-
-    if not core.limiter.clear_to_submit():
-        # The pace and a cooldown before the first send are not counted (nor is the deadline running
-        # yet); before a job's later send (a stream resumed after a break), the deadline is.
-        with _within_deadline(bounding):
-            await core.limiter.before_submit()
     if limit is None:
-        return await attempts()
+        # The usual stream or long wait: the attempts' coroutine itself, with no scope around it. A job
+        # holds these frames as long as it waits, so with 10,000 jobs in flight each one counts.
+        return _attempt_submits(core, send, request, record, bounding=record, tries=_Tries(), wait_first=True)
+    return _submit_within(core, send, request, record, limit)
+
+
+class _Tries:
+    """How far a submit's attempts got: read when its budget runs out, to say what its fate is."""
+
+    __slots__ = ("count", "last", "maybe_made", "refusals", "unsettled")
+
+    def __init__(self) -> None:
+        self.count = 0
+        #: How many of the attempts were refused (429): they do not count against `max_retries`.
+        self.refusals = 0
+        self.last: MJError | None = None
+        #: Whether the current attempt's fate is open, or an earlier one may have made a task that no
+        #: lookup found or ruled out.
+        self.unsettled = False
+        self.maybe_made = False
+
+
+async def _submit_within(
+    core: Core, send: Callable[[], Awaitable[T]], request: AnyRequest, record: SendRecord | None, limit: float
+) -> tuple[T | Resumed, int]:
+    """`submit_with_retries` with a budget of `limit` seconds."""
+    if not core.limiter.clear_to_submit():
+        # The pace and a cooldown before the first send are not counted (nor is the deadline running yet).
+        await core.limiter.before_submit()
+    tries = _Tries()
     with anyio.move_on_after(limit):
-        return await attempts()
-    if not (unsettled or maybe_made) and last is not None:
-        _note_retries(last, attempt)
+        return await _attempt_submits(
+            core, send, request, record, bounding=None, tries=tries, wait_first=False
+        )
+    last = tries.last
+    if not (tries.unsettled or tries.maybe_made) and last is not None:
+        _note_retries(last, tries.count)
         raise last
     ambiguous = AmbiguousSubmitError(
         f"the submit was not settled within Timeouts.total={limit} s (retries and lookups included); "
@@ -326,8 +327,66 @@ async def submit_with_retries(
         + (f" (the last attempt: {last})" if last is not None else ""),
         request=getattr(last, "request", None),
     )
-    ambiguous.retries_taken = attempt
+    ambiguous.retries_taken = tries.count
     raise ambiguous from last
+
+
+async def _attempt_submits(
+    core: Core,
+    send: Callable[[], Awaitable[T]],
+    request: AnyRequest,
+    record: SendRecord | None,
+    *,
+    bounding: SendRecord | None,
+    tries: _Tries,
+    wait_first: bool,
+) -> tuple[T | Resumed, int]:
+    """Send, and after a failure settle its fate and send again while the policy allows; `tries` keeps count.
+
+    `bounding` is the job whose deadline bounds the waits here (when no budget does); `wait_first`
+    waits out a pause or the pace before the first send too (under that deadline: before a job's
+    later send, a stream resumed after a break, it is running).
+    """
+    while True:
+        if (tries.count or wait_first) and not core.limiter.clear_to_submit():
+            with _within_deadline(bounding):
+                await core.limiter.before_submit()
+        sent_at = time.time()
+        if record is not None:
+            record.mark_sent()
+        tries.unsettled = True
+        try:
+            with core.limiter.sending():
+                return await send(), tries.count
+        except MJError as error:
+            tries.last = error
+            expired = bounding is not None and bounding.expired()
+            if isinstance(error, RateLimitError) and (expired or core.retry.max_retries == 0):
+                core.limiter.refused_for_good(error.retry_after or 0.0)  # evidence all the same
+            if bounding is not None and expired:
+                # The request's own overall timeout (the job's deadline) ended it: that is the answer.
+                raise bounding.timed_out() from error
+            if core.retry.max_retries == 0:
+                raise  # the resilience layer is off: the first error is the answer
+            with _within_deadline(bounding):
+                if phase_of(error) == "unknown":
+                    task_id = await reconcile_submit(core, request, error, sent_at, tries.count)
+                    if task_id is not None:
+                        return Resumed(task_id, tries.count), tries.count
+                    # Proven (or, by policy, assumed) that no task was made: a retry cannot pay twice.
+                    if core.retry.on_ambiguous_submit == "resubmit":
+                        tries.maybe_made = True
+                        if record is not None and record.orphan_sent_at is None:
+                            # Sent again by the user's choice: this attempt may have left a task of its own.
+                            record.orphan_sent_at = sent_at
+                tries.unsettled = False
+                # A refusal (429) was turned away before anything was made, and the limiter paces
+                # what follows: it spends no retry, only time (the budget, or the job's deadline).
+                refused = isinstance(error, RateLimitError)
+                spent = None if refused else tries.count - tries.refusals
+                await _back_off_or_raise(core, error, tries.count, submit=True, spent=spent)
+                tries.refusals += refused
+        tries.count += 1
 
 
 def _within_deadline(record: SendRecord | None) -> AbstractContextManager[None]:
@@ -364,10 +423,24 @@ async def submit_for_task_id(
     return task_id, retries
 
 
-async def _back_off_or_raise(core: Core, error: MJError, attempt: int, *, submit: bool = False) -> None:
-    """Wait before retry `attempt + 1`, or raise `error` (noting the retries taken) when the policy gives up."""
-    delay = _delay_before_retry(core, error, attempt)
+async def _back_off_or_raise(
+    core: Core,
+    error: MJError,
+    attempt: int,
+    *,
+    submit: bool = False,
+    spent: int | NotGiven | None = NOT_GIVEN,
+) -> None:
+    """Wait before retry `attempt + 1`, or raise `error` (noting the retries taken) when the policy gives up.
+
+    `spent`: the retries so far that count against `max_retries` (default: all `attempt` of them);
+    None when this one does not count.
+    """
+    counted = attempt if isinstance(spent, NotGiven) else spent
+    delay = _delay_before_retry(core, error, attempt, counted)
     if delay is None:
+        if submit and isinstance(error, RateLimitError):
+            core.limiter.refused_for_good(error.retry_after or 0.0)
         _note_retries(error, attempt)
         raise error
     if isinstance(error, RateLimitError):
@@ -377,13 +450,13 @@ async def _back_off_or_raise(core: Core, error: MJError, attempt: int, *, submit
         await core.sleep(delay)
 
 
-def _delay_before_retry(core: Core, error: MJError, attempt: int) -> float | None:
+def _delay_before_retry(core: Core, error: MJError, attempt: int, counted: int | None) -> float | None:
     """Seconds to wait before the next try, or None to give up.
 
     Callers retry only what cannot pay twice: an idempotent call, or a submit proven not to have
     made a task; a submit of unknown fate is looked up before it gets here.
     """
-    if phase_of(error) == "fatal" or attempt >= core.retry.max_retries:
+    if phase_of(error) == "fatal" or (counted is not None and counted >= core.retry.max_retries):
         return None
     delay = retry_delay(error, attempt, core.retry)
     if delay is None:

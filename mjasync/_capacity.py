@@ -7,9 +7,11 @@ event of its own: it shows in the `level` and `in_flight` of the next one):
 
 - `completed(state, now, level=, in_flight=)`: a job finished cleanly; `level` jobs were held by the
   provider at once (itself included), `in_flight` held a slot;
-- `refused(state, now, level=, in_flight=, retry_after=)`: a submit was answered 429 while the
+- `refused(state, now, level=, in_flight=, retry_after=, probe=)`: a submit was answered 429 while the
   provider held `level - 1` of our jobs (those waiting to retry, and submits not yet answered, are
   not held); the answer says whether the request waits alone or with everyone;
+- `probing(state, now)`: after a shared pause, the one request that goes first is being sent;
+- `accepted(state, now)`: a submit was taken (after a shared pause: the probe got through);
 - `tick(state, now)`: time passed (forgets a shared pause and a burst that are over).
 
 What the steps do:
@@ -27,7 +29,11 @@ What the steps do:
   it is sustained overload: one shared pause of Retry-After (doubled, up to `MAX_PAUSE_FACTOR`
   times, for overloads in a row while the provider holds none of our jobs: an outage), the limit
   set to the evidence but halved at most (unless overloads come in a row), and `proven` starts
-  again from nothing.
+  again from nothing. After the pause one request goes first (`probe`); the others wait for its
+  answer. Taken: the overload is over. Refused: it goes on, and the next pause is longer.
+- **Old news.** The jobs the provider held at an overload finish after it, but their completions
+  say nothing about whether it is over: the next `level - 1` completions (`skip`) count in no window
+  and prove no level.
 - **One decrease per burst.** A decrease opens a burst that lasts `BURST` seconds or the
   Retry-After (or the shared pause), whichever is longest: refusals inside it refine the limit
   down to the evidence (never below the burst's floor) and may turn it into an overload, but are
@@ -44,6 +50,9 @@ What the steps do:
 
 What was taken from the anchors:
 
+- TCP (RFC 5681, 6298): after a timeout, one segment goes first and the window opens again only
+  once it is acknowledged (here the probe after a shared pause); acknowledgements of data sent
+  before a loss do not grow the new window (here `skip`).
 - TCP Vegas: estimate the queue instead of waiting for losses; here the level at a refusal, minus
   the refused request, is read as the provider's limit, and the limit is set to it, not halved.
 - CUBIC (and BIC before it): remember the level where trouble began (W_max, here `ceiling`), come
@@ -67,7 +76,19 @@ from typing import Literal
 import msgspec
 from msgspec.structs import replace
 
-__all__ = ["BURST", "OVERLOAD_SHARE", "Capacity", "Verdict", "completed", "refused", "start", "tick"]
+__all__ = [
+    "BURST",
+    "OVERLOAD_SHARE",
+    "Capacity",
+    "Verdict",
+    "accepted",
+    "completed",
+    "probing",
+    "refused",
+    "start",
+    "tick",
+    "unanswered",
+]
 
 #: Seconds after a decrease during which more refusals belong to the same burst.
 BURST = 1.0
@@ -76,7 +97,10 @@ OVERLOAD_SHARE = 0.5
 #: The shared pause after back-to-back overloads grows up to this many times Retry-After.
 MAX_PAUSE_FACTOR = 4
 #: Clean windows to wait at the ceiling before probing above it, at most.
-MAX_HOLD = 8
+MAX_HOLD = 12
+
+#: "No such time" for `burst_until` and `pause_until`.
+_NEVER = -math.inf
 
 #: What a refused request does: wait its own Retry-After (`isolated`), or the shared pause.
 Verdict = Literal["isolated", "cap", "overload", "burst"]
@@ -116,6 +140,11 @@ class Capacity(msgspec.Struct, frozen=True, kw_only=True):
     pause_until: float = -math.inf
     #: Overloads in a row without a clean window in between.
     overloads: int = 0
+    #: After a shared pause: one request goes first, the others wait for its answer; it has gone.
+    probe: bool = False
+    probe_out: bool = False
+    #: Completions still to come from jobs the provider held at the last decrease (not counted).
+    skip: int = 0
     #: How many decreases (bursts) so far.
     decreases: int = 0
 
@@ -128,12 +157,13 @@ def start(max_limit: int) -> Capacity:
 
 
 def refused(
-    state: Capacity, now: float, *, level: int, in_flight: int, retry_after: float
+    state: Capacity, now: float, *, level: int, in_flight: int, retry_after: float, probe: bool = False
 ) -> tuple[Capacity, Verdict]:
     """A submit was refused; the new state, and whether the request waits alone or with everyone.
 
     `level`: jobs whose requests the provider holds or is answering, this one included (those waiting
-    to retry after a refusal excluded); `in_flight`: every job holding a slot.
+    to retry after a refusal excluded); `in_flight`: every job holding a slot; `probe`: the refused
+    request was the one sent first after a shared pause (`probing`).
     """
     state = tick(state, now)
     refusals, outcomes = state.refusals + 1, state.outcomes + 1
@@ -141,10 +171,13 @@ def refused(
     evidence = max(1.0, float(level - 1))  # the provider held `level - 1` others, and no more
     # Overload: most of a window's outcomes refused (a window no longer than the jobs in flight).
     window = max(outcomes, min(math.ceil(state.limit), in_flight))
-    overloaded = refusals >= 2 and refusals >= OVERLOAD_SHARE * window
-    if now < state.burst_until:
+    # The probe sent after a shared pause was refused: the overload goes on. (Requests of the burst
+    # answered late, even after the probe went, are not the probe: only the sender can tell.)
+    probe_refused = probe and state.probe_out
+    overloaded = probe_refused or (refusals >= 2 and refusals >= OVERLOAD_SHARE * window)
+    if now < state.burst_until and not probe_refused:
         state = replace(state, limit=min(state.limit, max(state.floor, evidence)))
-        if overloaded and state.pause_until == -math.inf:
+        if overloaded and not state.probe:  # one shared pause per burst, however short it was
             return _pause(state, retry_after, now, level), "overload"  # the same burst: no second decrease
         return state, "burst"
     if overloaded:
@@ -189,9 +222,10 @@ def _decrease(state: Capacity, now: float, retry_after: float) -> Capacity:
 
 
 def _pause(state: Capacity, retry_after: float, now: float, level: int) -> Capacity:
-    """One shared pause; what was proven no longer holds.
+    """One shared pause, with a probe after it; what was proven no longer holds.
 
-    Longer for each overload in a row while the provider holds none of our jobs (an outage).
+    Longer for each overload in a row while the provider holds none of our jobs (an outage). The
+    `level - 1` jobs the provider holds now finish under the old conditions: not counted.
     """
     factor = min(2**state.overloads, MAX_PAUSE_FACTOR) if level <= 1 else 1
     pause = max(retry_after, 0.0) * factor
@@ -203,17 +237,39 @@ def _pause(state: Capacity, retry_after: float, now: float, level: int) -> Capac
         pause_until=now + pause,
         burst_until=max(state.burst_until, now + max(BURST, pause)),
         overloads=state.overloads + 1,
+        probe=True,
+        probe_out=False,
+        skip=max(state.skip, level - 1),
     )
+
+
+def probing(state: Capacity, now: float) -> Capacity:
+    """The probe after a shared pause is being sent (the others wait for its answer)."""
+    return replace(tick(state, now), probe_out=True)
+
+
+def unanswered(state: Capacity) -> Capacity:
+    """The probe got no verdict (a 5xx, a broken connection, never sent): another goes first instead."""
+    return replace(state, probe_out=False)
+
+
+def accepted(state: Capacity, now: float) -> Capacity:
+    """A submit was taken: after a shared pause, the probe got through and the others may follow."""
+    return replace(tick(state, now), probe=False, probe_out=False) if state.probe else state
 
 
 def completed(state: Capacity, now: float, *, level: int, in_flight: int) -> Capacity:
     """A job finished cleanly; `level`: jobs the provider held at once while it ran (itself
     included), `in_flight`: every job holding a slot."""
-    state = tick(state, now)
+    # Called for every job: the usual case (no pause or burst to forget, mid-window) is one replace.
+    if state.burst_until != _NEVER or state.pause_until != _NEVER:
+        state = tick(state, now)
+    if state.skip:
+        return replace(state, skip=state.skip - 1)  # held since before the last decrease
     outcomes = state.outcomes + 1
-    proven = max(state.proven, level)
-    peak = max(state.peak, in_flight)
-    if outcomes < math.ceil(state.limit):
+    proven = state.proven if state.proven >= level else level
+    peak = state.peak if state.peak >= in_flight else in_flight
+    if outcomes < state.limit:  # the window is ceil(limit) outcomes
         return replace(state, outcomes=outcomes, proven=proven, peak=peak)
     # The window is over.
     clean = state.refusals * 4 < outcomes  # isolated refusals do not spoil it

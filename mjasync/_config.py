@@ -202,7 +202,9 @@ class RetryPolicy(msgspec.Struct, kw_only=True, frozen=True):
     """
 
     #: Retries after the first attempt. 0 turns the whole layer off: no retry, no lookup of a submit
-    #: of unknown fate, no resuming of a broken stream; the first error is raised as it is.
+    #: of unknown fate, no resuming of a broken stream; the first error is raised as it is. A submit
+    #: refused with 429 (nothing made) does not count: the limiter paces it, and time bounds it
+    #: (`Timeouts.total`, or the job's deadline for a stream or a long wait).
     max_retries: int = 2
     #: Backoff: `initial_delay * 2**n`, at most `max_delay`, less up to `jitter` of it at random.
     initial_delay: float = 0.5

@@ -8,6 +8,10 @@
   else pauses), or the one shared pause of a sustained overload, which every job also waits for
   before its next request. Then it re-sends only when fewer jobs are out than the cap allows, so
   the jobs that hold slots while waiting to retry never exceed what the provider takes.
+- After a shared pause one submit goes first (the probe): `sending()` marks it out, and every other
+  submit waits in `before_submit()` for its answer. Taken: all go. Refused: another, longer pause.
+  Cancelled, or failed with no verdict (a 5xx, a dropped connection): another goes first. A 429 that
+  will not be retried still reaches the state (`refused_for_good`), so no one waits on it.
 - `policy="aimd"` keeps the earlier control, for comparison in benchmark 6 only: every 429 that
   starts a cooldown halves the cap and pauses everyone; `increase_after` clean completions add one.
 - An optional pace for submits (a minimum interval between them).
@@ -25,6 +29,7 @@ from typing import Literal
 import anyio
 
 from . import _capacity
+from ._exceptions import RateLimitError
 
 __all__ = ["JobLimiter", "LimiterStatistics"]
 
@@ -84,6 +89,13 @@ class JobLimiter:
         #: neither is held by the provider, so neither counts in the level a refusal or completion is at.
         self._retrying = 0
         self._sending = 0
+        #: Slots held, and the slots' total as last set: kept here, as reading them back from anyio's
+        #: limiter costs more than the rest of a completion's bookkeeping.
+        self._out = 0
+        self._applied = max_in_flight
+        self._sending_scope = _Sending(self)
+        #: The 429 about to be noted is the probe's (set as the probe's send ends, taken at once).
+        self._probe_refused = False
         #: Set (and replaced) whenever a slot is given back or the cap changes, for jobs waiting to retry.
         self._changed = anyio.Event()
 
@@ -94,20 +106,24 @@ class JobLimiter:
     async def acquire(self, borrower: object) -> None:
         """Take one in-flight slot for `borrower`, waiting while the cap is reached."""
         await _acquire(self._slots, borrower)
+        self._out += 1
 
     def release(self, borrower: object) -> None:
         """Give back `borrower`'s slot."""
         self._slots.release_on_behalf_of(borrower)
+        self._out -= 1
         if self._retrying:
             self._notify()
 
     def sending(self) -> _Sending:
         """`with limiter.sending():` around a submit's request, until its answer (or error) is in."""
-        return _Sending(self)
+        # Usually it holds no state of its own and one serves every submit; after a shared pause each
+        # send gets its own, so the probe's answer is told from the answers of others.
+        return _Sending(self) if self._state.probe else self._sending_scope
 
     def clear_to_submit(self) -> bool:
-        """Whether a submit may go now, with no pause to wait out and no pace to keep."""
-        return not self._interval and self._not_before <= self._clock()
+        """Whether a submit may go now, with no pause to wait out, no pace to keep and no probe to await."""
+        return not self._interval and not self._state.probe and self._not_before <= self._clock()
 
     async def before_request(self) -> None:
         """Wait out the shared pause, if one is running."""
@@ -115,8 +131,9 @@ class JobLimiter:
             await self._sleep(remaining)
 
     async def before_submit(self) -> None:
-        """Wait out the pause, then keep the configured pace between submits."""
+        """Wait out the pause (and after it, the probe's answer), then keep the configured pace."""
         await self.before_request()
+        await self._after_probe()
         if self._interval:
             now = self._clock()
             start = max(now, self._next_submit)
@@ -141,16 +158,7 @@ class JobLimiter:
             await self.before_request()
             return
         now = self._clock()
-        in_flight = max(1, self._slots.borrowed_tokens)
-        level = max(1, self._level())  # the provider's jobs, and this one (its slot is held) it refused
-        pauses = self._state.pause_until
-        self._state, verdict = _capacity.refused(
-            self._state, now, level=level, in_flight=in_flight, retry_after=retry_after
-        )
-        if self._state.pause_until != pauses and self._state.pause_until > now:
-            self._cooldowns += 1
-            self._not_before = max(self._not_before, self._state.pause_until)
-        self._apply()
+        verdict = self._note_refusal(now, retry_after)
         self._retrying += 1
         self._notify()  # one job fewer out: room for another that waits to retry
         try:
@@ -159,10 +167,60 @@ class JobLimiter:
             await self.before_request()  # and the shared pause, if one is running
             # Re-send only into room under the cap: the jobs out now exclude those waiting here.
             # No checkpoint between the last check and leaving: the next waiter sees this job out.
-            while self._slots.borrowed_tokens - self._retrying >= math.floor(self._state.limit):
+            while self._out - self._retrying >= math.floor(self._state.limit) or self._state.probe_out:
                 await self._changed.wait()
         finally:
             self._retrying -= 1
+
+    def refused_for_good(self, retry_after: float) -> None:
+        """A submit answered 429 that will not be retried: evidence all the same, and no one waits."""
+        if self._policy == "learn":
+            self._note_refusal(self._clock(), retry_after)
+            self._notify()
+
+    def _note_refusal(self, now: float, retry_after: float) -> _capacity.Verdict:
+        in_flight = max(1, self._out)
+        level = max(1, self._level())  # the provider's jobs, and this one (its slot is held) it refused
+        pauses = self._state.pause_until
+        probe, self._probe_refused = self._probe_refused, False
+        self._state, verdict = _capacity.refused(
+            self._state, now, level=level, in_flight=in_flight, retry_after=retry_after, probe=probe
+        )
+        if self._state.pause_until != pauses and self._state.pause_until > now:
+            self._cooldowns += 1
+            self._not_before = max(self._not_before, self._state.pause_until)
+        self._apply()
+        return verdict
+
+    async def _after_probe(self) -> None:
+        """After a shared pause one submit goes first: wait for its answer (the send marks it out)."""
+        while self._state.probe_out:
+            await self._changed.wait()
+
+    def _sent(self) -> bool:
+        """A submit is going out after a shared pause; whether it is the probe (the first)."""
+        if self._state.probe_out:
+            return False
+        self._state = _capacity.probing(self._state, self._clock())
+        return True
+
+    def _answered(self, error: BaseException | None, *, probe: bool) -> None:
+        """A submit's answer is in after a shared pause (`error`: why it failed, if it did).
+
+        Any submit taken ends the overload. A 429 to the probe is the verdict that it goes on: the
+        `refused` (or `refused_for_good`) its sender calls next, with no checkpoint between, takes it.
+        Anything else to the probe (a 5xx, a broken connection, a cancellation) is no verdict: another
+        submit goes first instead.
+        """
+        if error is None:
+            self._state = _capacity.accepted(self._state, self._clock())
+            self._notify()
+        elif probe and self._state.probe_out:
+            if isinstance(error, RateLimitError):
+                self._probe_refused = True
+            else:
+                self._state = _capacity.unanswered(self._state)
+                self._notify()
 
     def succeeded(self) -> None:
         """A job finished cleanly (call it while the job still holds its slot)."""
@@ -172,11 +230,14 @@ class JobLimiter:
                 self._slots.total_tokens += 1
                 self._clean = 0
             return
-        in_flight = max(1, self._slots.borrowed_tokens)
-        self._state = _capacity.completed(
-            self._state, self._clock(), level=max(1, self._level()), in_flight=in_flight
+        # Every job comes here: no helper calls on the way (see `_level` and `_apply`).
+        out = self._out
+        level = out - self._retrying - self._sending
+        self._state = state = _capacity.completed(
+            self._state, self._clock(), level=level if level > 1 else 1, in_flight=out if out > 1 else 1
         )
-        self._apply()
+        if int(state.limit) != self._applied:
+            self._apply()
 
     def statistics(self) -> LimiterStatistics:
         """Where the limiter stands now."""
@@ -197,7 +258,7 @@ class JobLimiter:
     def _level(self) -> int:
         """Jobs the provider holds now, as far as this client knows: slots held, less those waiting
         to retry and those whose submit is still unanswered."""
-        return max(0, self._slots.borrowed_tokens - self._retrying - self._sending)
+        return max(0, self._out - self._retrying - self._sending)
 
     def _halve(self, delay: float) -> None:
         now = self._clock()
@@ -211,8 +272,8 @@ class JobLimiter:
     def _apply(self) -> None:
         """Carry the learnt limit over to the slots."""
         limit = max(1, math.floor(self._state.limit))
-        if limit != self._slots.total_tokens:
-            self._slots.total_tokens = limit
+        if limit != self._applied:
+            self._slots.total_tokens = self._applied = limit
             if self._retrying:
                 self._notify()
 
@@ -222,18 +283,26 @@ class JobLimiter:
 
 
 class _Sending:
-    __slots__ = ("_limiter",)
+    __slots__ = ("_limiter", "_probe")
 
     def __init__(self, limiter: JobLimiter) -> None:
         self._limiter = limiter
+        #: Whether this send is the probe after a shared pause (only on a per-send instance).
+        self._probe = False
 
     def __enter__(self) -> None:
-        self._limiter._sending += 1
+        limiter = self._limiter
+        limiter._sending += 1
+        if limiter._state.probe and self is not limiter._sending_scope:
+            self._probe = limiter._sent()
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self._limiter._sending -= 1
+        limiter = self._limiter
+        limiter._sending -= 1
+        if limiter._state.probe:
+            limiter._answered(exc, probe=self._probe)
 
 
 class _Slot:

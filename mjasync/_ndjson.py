@@ -231,7 +231,9 @@ class NdjsonDecoder(Generic[T]):
         """Raise the error a bad or too-long line left pending, so a reader need not wait for more input."""
         if self._error is not None:
             raise self._error.with_traceback(None)
-        self._splitter.feed(b"")  # raises LineTooLongError once a too-long line was seen
+        # Asked before every read of a stream, so no call unless a too-long line was seen (same module).
+        if self._splitter._failed_prefix is not None:
+            self._splitter.feed(b"")  # raises its LineTooLongError
 
     def reset(self) -> None:
         """Start afresh: drop any partial line and any error, count from line 1 again."""

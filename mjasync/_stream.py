@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from types import TracebackType
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ._attempts import (
     Resumed,
@@ -30,6 +30,8 @@ from ._poller import PollCursor
 from ._transport import LineReader
 
 if TYPE_CHECKING:
+    from aiohttp import ClientResponse
+
     from ._job import Core
     from ._providers import Provider
 
@@ -116,83 +118,75 @@ class JobStream(Generic[R]):
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        await self.aclose()
+        self._close()  # what `aclose` does, without a coroutine of its own
 
     def __aiter__(self) -> JobStream[R]:
         return self
 
     async def __anext__(self) -> R:
-        if self._finished:
-            raise StopAsyncIteration
-        deadline_at = self._record.deadline_at
-        if deadline_at is not None and time.monotonic() >= deadline_at:
-            # Checked here too: lines already buffered are handed out without a checkpoint to cancel.
-            self._close()
-            raise self._record.timed_out()
-        reader = self._reader
-        if reader is not None and (update := reader.buffered()) is not None:
-            # Lines of a chunk already read and decoded: handed out here, with no further frames.
-            try:
-                admitted = self._admit(update)
-            except BaseException:
-                self._close()
-                raise
-            if admitted is not None:
-                return self._note(admitted)
-        try:
-            return await self._next()
-        except StopAsyncIteration:
-            self._close()
-            raise
-        except BaseException:
-            # Cancelled or failed: drop the connection and the slot now, not when collected.
-            self._close()
-            raise
-
-    async def aclose(self) -> None:
-        """Release the connection and the in-flight slot; idempotent."""
-        self._close()
-
-    async def _next(self) -> R:
         """The next update; every wait in it ends at the job's deadline.
 
         Opening the stream and reading its lines, the hot path, are bounded by the connection's own
         overall timeout (set to the time left when the stream was sent: one timer per stream, none per
         line); polling by the cursor's deadline; what follows a failed send by `submit_with_retries`,
         a submit to follow and settling a break by a cancel scope.
+
+        One coroutine, not one per step: a job's waiting frames are most of what it holds while a
+        fan-out of thousands of streams ramps up, and each level costs every update a frame.
         """
-        if not self._holds_slot:
-            await self._core.limiter.acquire(self)
-            self._holds_slot = True
-        while True:
-            if self.final is not None and self._reader is None:
-                raise StopAsyncIteration
-            if self._cursor is not None:
-                return self._note(await self._next_polled())
-            if self._reader is None:
-                await self._open()
-                continue
-            try:
-                update = await self._reader.next_update()
-                if update is None:
-                    if self.final is None:
-                        raise StreamInterruptedError(
-                            "the progress stream ended before the final result",
-                            task_id=self.task_id,
-                            last_update=self.last,
-                        )
-                    self._drop_connection()
-                    raise StopAsyncIteration
+        if self._finished:
+            raise StopAsyncIteration
+        try:
+            deadline_at = self._record.deadline_at
+            if deadline_at is not None and time.monotonic() >= deadline_at:
+                # Checked here too: lines already buffered are handed out without a checkpoint to cancel.
+                raise self._record.timed_out()
+            reader = self._reader
+            if reader is not None and (update := reader.buffered()) is not None:
+                # Lines of a chunk already read and decoded: handed out here, with no wait.
                 admitted = self._admit(update)
-            except _BREAKS as exc:
-                self._drop_connection()
-                if self.final is not None:
-                    raise StopAsyncIteration from None  # broke while draining: we have it all
-                with self._record.bounded():
-                    await self._after_break(exc)
-                continue
-            if admitted is not None:
-                return self._note(admitted)
+                if admitted is not None:
+                    return self._note(admitted)
+            if not self._holds_slot:
+                await self._core.limiter.acquire(self)
+                self._holds_slot = True
+            while True:
+                if self.final is not None and self._reader is None:
+                    raise StopAsyncIteration
+                if self._cursor is not None:
+                    return self._note(await self._next_polled())
+                if self._reader is None:
+                    await self._open()
+                    continue
+                try:
+                    update = await self._reader.next_update()
+                    if update is None:
+                        if self.final is None:
+                            raise StreamInterruptedError(
+                                "the progress stream ended before the final result",
+                                task_id=self.task_id,
+                                last_update=self.last,
+                            )
+                        self._drop_connection()
+                        raise StopAsyncIteration
+                    admitted = self._admit(update)
+                except _BREAKS as exc:
+                    self._drop_connection()
+                    if self.final is not None:
+                        raise StopAsyncIteration from None  # broke while draining: we have it all
+                    with self._record.bounded():
+                        await self._after_break(exc)
+                    continue
+                if admitted is not None:
+                    return self._note(admitted)
+        except BaseException:
+            # Ended, cancelled or failed: drop the connection and the slot now, not when collected.
+            self._close()
+            raise
+
+    async def aclose(self) -> None:
+        """Release the connection and the in-flight slot; idempotent."""
+        self._close()
 
     async def _open(self) -> None:
         core = self._core
@@ -205,20 +199,8 @@ class JobStream(Generic[R]):
         self._sent_at = time.time()
         # No `Timeouts.total` budget: the stream is the wait itself (its headers may wait on a queue),
         # and the job's deadline bounds it: the connection's own overall timeout, the time left then.
-        transport = core.transport
         answer, retries = await submit_with_retries(
-            core,
-            lambda: transport.open(
-                self._path,
-                self._body,
-                headers=self._headers,
-                timeout=transport.client_timeout(
-                    read=transport.timeouts.stream_read, total=self._record.time_left()
-                ),
-            ),
-            self._request,
-            record=self._record,
-            budget=None,
+            core, self._send, self._request, record=self._record, budget=None
         )
         self._retries += retries
         if isinstance(answer, Resumed):
@@ -234,6 +216,14 @@ class JobStream(Generic[R]):
             request=f"POST {self._path}",
         )
 
+    def _send(self) -> Coroutine[Any, Any, ClientResponse]:
+        """One send of the stream's request (a bound method, not a closure made per stream)."""
+        transport = self._core.transport
+        timeout = transport.client_timeout(
+            read=transport.timeouts.stream_read, total=self._record.time_left()
+        )
+        return transport.open(self._path, self._body, headers=self._headers, timeout=timeout)
+
     async def _submit_to_follow(self) -> None:
         """Submit, then follow the task by callback or by polling (no progress stream to read)."""
         core = self._core
@@ -246,8 +236,8 @@ class JobStream(Generic[R]):
     def _admit(self, update: R) -> R | None:
         """A line read from the stream, as the update to hand out; None for one past the final result."""
         if self.final is not None:
-            return None  # not ours to interpret (a bad line here ends the stream quietly: see _next)
-        if update.task_id and update.task_id != self.task_id:
+            return None  # not ours to interpret (a bad line here ends the stream quietly: see __anext__)
+        if update.task_id and update.task_id != self._record.task_id:
             self._record.accept(update.task_id)
             self._core.known_tasks.add(update.task_id)
             if self._inbox is not None:

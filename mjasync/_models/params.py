@@ -503,7 +503,10 @@ def build_prompt(
     """
     if not isinstance(text, str):
         raise InvalidRequestError(f"prompt text must be a str, got {_type_name(text)} {_preview(text)}")
-    if isinstance(image_urls, (str, bytes)) or not isinstance(image_urls, Sequence):
+    # A list or tuple first: the ABC check costs a few microseconds on every job of a fan-out.
+    if type(image_urls) not in (tuple, list) and (
+        isinstance(image_urls, (str, bytes)) or not isinstance(image_urls, Sequence)
+    ):
         raise InvalidRequestError(
             f"image_urls must be a sequence of URLs, got {_type_name(image_urls)} {_preview(image_urls)}"
         )
@@ -535,6 +538,8 @@ def build_prompt(
                 )
         flags = params.render()
 
+    if not urls and not flags:
+        return body  # the usual text-only prompt, without building the join
     return " ".join(part for part in (*urls, body, flags) if part)
 
 

@@ -89,11 +89,12 @@ class ImagineResult(_ImageFields, kw_only=True, frozen=True, gc=False):
         if self.finished is not None:
             # The provider said so; its follow-ups name the task, so no image_id is needed.
             return self.finished and not self.failed
+        # The field tests first: a progress line (most of a stream) fails them before the `failed` call.
         return (
-            not self.failed
-            and bool(self.actions)
+            bool(self.actions)
             and (self.progress is None or self.progress >= 100)
             and self.image_id is not None
+            and not self.failed
         )
 
 
@@ -107,7 +108,7 @@ class EditsResult(_ImageFields, kw_only=True, frozen=True, gc=False):
         """Final means progress 100 with an image URL."""
         if self.finished is not None:
             return self.finished and not self.failed
-        return not self.failed and self.progress is not None and self.progress >= 100 and bool(self.image_url)
+        return self.progress is not None and self.progress >= 100 and bool(self.image_url) and not self.failed
 
 
 class VideoResult(Result, kw_only=True, frozen=True, gc=False):
@@ -125,7 +126,7 @@ class VideoResult(Result, kw_only=True, frozen=True, gc=False):
     @property
     def is_final(self) -> bool:
         """Final means the video URLs are there."""
-        return not self.failed and bool(self.video_urls)
+        return bool(self.video_urls) and not self.failed
 
 
 class DescribeResult(Result, kw_only=True, frozen=True, gc=False):

@@ -88,8 +88,11 @@ class Transport:
                 sock_read=read or self.timeouts.read,
                 ceil_threshold=math.inf,
             )
-            # Only the few fixed pairs are kept: a time left to a deadline is new every time.
-            if (total is None or total == self.timeouts.total) and len(self._client_timeouts) < 64:
+            # Only the few fixed pairs are kept: `Timeouts.total`, and a job's whole deadline (what its
+            # first request gets: a configured whole number of seconds, 900 by default). A time left
+            # to a deadline is new every time, and never whole but by chance (then kept, harmlessly).
+            fixed = total is None or total == self.timeouts.total or total.is_integer()
+            if fixed and len(self._client_timeouts) < 64:
                 self._client_timeouts[(read, total)] = made
         return made
 
@@ -149,15 +152,19 @@ class Transport:
         request = f"POST {path}"
         merged = {**self._json_headers, **headers} if headers else self._json_headers
         session = self.pool.session()
-        started = time.perf_counter()
+        # Timed only for the debug log: one check per request rather than a clock and a log call or two.
+        debug = log.isEnabledFor(logging.DEBUG)
+        started = time.perf_counter() if debug else 0.0
         try:
             response = await session.post(
                 self.base_url + path, data=body, headers=merged, timeout=timeout, allow_redirects=False
             )
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            log.debug("%s failed after %.1f ms: %s", request, _ms(started), type(exc).__name__)
+            if debug:
+                log.debug("%s failed after %.1f ms: %s", request, _ms(started), type(exc).__name__)
             raise_connection_error(exc, request, sent=None)
-        log.debug("%s -> %d (%.1f ms to headers)", request, response.status, _ms(started))
+        if debug:
+            log.debug("%s -> %d (%.1f ms to headers)", request, response.status, _ms(started))
         if response.status >= 300:
             await self._raise_for_status(response, request)
         return response

@@ -191,6 +191,13 @@ class Emulator:
         auth, at ``GET /_emulator/finishes``): the moment its lookups began to show the final body."""
         return self._store.finish_times()
 
+    @property
+    def open_submits(self) -> dict[str, float]:
+        """``{"now", "seconds"}``: submits open now (those a concurrency limit counts, every token), and
+        their integral over the clock (also in ``GET /_emulator/counters``): the mean held over an
+        interval is the difference of two readings over its length."""
+        return dict(self._faults.snapshot_open())
+
     def set_limits(self, **limits: Any) -> dict[str, Any]:
         """Change limits while running (also ``POST /_emulator/limits``; details in `_faults`).
 

@@ -67,8 +67,10 @@ Every injected fault adds to ``counters``: ``faults``, ``faulted_requests``, ``f
 ``fault_after`` (whether the handler ran) and ``fault_<kind>`` for kinds ``429 500 502 503 504 reset cut
 malformed slow concurrency outage``. ``GET /_emulator/counters`` (no auth, never faulted) returns
 ``{"counters", "tasks_per_prompt", "faults" (count by kind), "fault_log" (`FaultRecord` fields: kind,
-phase, path, source, task_id)}``; ``POST /_emulator/reset`` clears them with the other records and
-returns the same shape.
+phase, path, source, task_id)}``, and ``"open_submits": {"now", "seconds"}``: the submits open now (of
+every token: those the concurrency limit counts) and their integral over the emulator's clock, so the
+mean held over any interval is the difference of two readings over its length. ``POST /_emulator/reset``
+clears them with the other records and returns the same shape.
 """
 
 from __future__ import annotations
@@ -470,6 +472,10 @@ class FaultInjector:
         self.log: list[FaultRecord] = []
         self._seen: dict[tuple[str, str], int] = {}
         self._open: dict[str, int] = {}
+        #: All tokens' open submits, and their integral over the store's clock up to `_open_at`.
+        self._open_total = 0
+        self._open_seconds = 0.0
+        self._open_at = store.clock()
         #: Every API request is answered 429 until this time of the store's clock.
         self.outage_until = -math.inf
         self.reset()
@@ -537,7 +543,20 @@ class FaultInjector:
             "tasks_per_prompt": dict(self.store.tasks_per_prompt),
             "faults": dict(self.by_kind),
             "fault_log": [asdict(record) for record in self.log],
+            "open_submits": self.snapshot_open(),
         }
+
+    def snapshot_open(self) -> dict[str, float]:
+        """Submits open now, and their integral over the store's clock."""
+        return {"now": self._open_total, "seconds": self._held(0)}
+
+    def _held(self, change: int) -> float:
+        """Bring the integral of open submits up to now, then apply `change`; the integral."""
+        now = self.store.clock()
+        self._open_seconds += self._open_total * (now - self._open_at)
+        self._open_at = now
+        self._open_total += change
+        return self._open_seconds
 
     async def _counters(self, _request: web.Request) -> web.Response:
         return web.json_response(self.snapshot())
@@ -586,10 +605,12 @@ class FaultInjector:
             request[_PENDING_KEY] = pending
         if submit:
             self._open[token] = self._open.get(token, 0) + 1
+            self._held(1)
         try:
             return await self._respond(request, handler, pending)
         finally:
             if submit:
+                self._held(-1)
                 self._open[token] -= 1
                 if not self._open[token]:
                     del self._open[token]

@@ -44,6 +44,17 @@ def test_every_benchmark_reports_mjasync_against_its_baseline(quick_run: Path) -
 
 
 @pytest.mark.timeout(600)
+def test_benchmark_6_judges_mjasync_beside_the_other_two(quick_run: Path) -> None:
+    """Capacity under refusals (behaviour, no baseline): every contender measured, mjasync's targets judged."""
+    figures = json.loads((quick_run / "results.json").read_text())["figures"]
+    mine = [f for f in figures if f["bench"] == "6 capacity under refusals"]
+    assert {f["contender"] for f in mine} == {"mjasync", "AIMD (before)", "semaphore + retry"}
+    judged = [f for f in mine if f["target"]]
+    assert judged and all(f["contender"] == "mjasync" and isinstance(f["met"], bool) for f in judged)
+    assert "## 6 capacity under refusals" in (quick_run / "RESULTS.md").read_text()
+
+
+@pytest.mark.timeout(600)
 def test_the_run_writes_a_results_table_and_a_plot(quick_run: Path) -> None:
     """RESULTS.md names the command, the machine and versions, has a table per benchmark, and the PNG opens."""
     results = (quick_run / "RESULTS.md").read_text()

@@ -542,6 +542,15 @@ def test_fault_plan_weights_and_paths() -> None:
 # --- the concurrency limit ------------------------------------------------------------------------
 
 
+async def streamed_lines(
+    session: aiohttp.ClientSession, emu: Emulator, prompt: str, opened: list[str]
+) -> int:
+    """Stream an imagine of `prompt` to its end (noted in `opened` once open); how many lines it sent."""
+    async with post_acedata(session, emu, "/midjourney/imagine", {"prompt": prompt}, accept=NDJSON) as resp:
+        opened.append(prompt)
+        return len([line async for line in resp.content])
+
+
 async def test_concurrency_limit_answers_429_past_n_open_submits_per_token() -> None:
     """Past N open streams of one token, a submit gets 429 before any task; other tokens and later submits pass."""
     clock = ManualClock()
@@ -549,21 +558,16 @@ async def test_concurrency_limit_answers_429_past_n_open_submits_per_token() -> 
         emu,
         session,
     ):
-        opened = 0
+        opened: list[str] = []
         results: list[int] = []
 
         async def hold_stream(prompt: str) -> None:
-            nonlocal opened
-            async with post_acedata(
-                session, emu, "/midjourney/imagine", {"prompt": prompt}, accept=NDJSON
-            ) as resp:
-                opened += 1
-                results.append(len([line async for line in resp.content]))
+            results.append(await streamed_lines(session, emu, prompt, opened))
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(hold_stream, "one")
             tg.start_soon(hold_stream, "two")
-            await eventually(lambda: opened == 2, "both streams are open")
+            await eventually(lambda: len(opened) == 2, "both streams are open")
             status, got, raw = await post(
                 session, emu, "/midjourney/imagine", {"prompt": "three", "async": True}
             )
@@ -590,6 +594,28 @@ async def test_concurrency_limit_answers_429_past_n_open_submits_per_token() -> 
         assert emu.tasks_per_prompt == {"one": 1, "two": 1, "four": 1, "five": 1}
 
 
+async def test_open_submits_are_gauged_and_integrated_over_the_clock() -> None:
+    """`open_submits`: how many submits are open now, and their integral over the emulator's clock."""
+    clock = ManualClock()
+    async with running(speed=10, clock=clock) as (emu, session):
+        opened: list[str] = []
+
+        def gauge() -> dict[str, float]:
+            return emu.open_submits
+
+        assert gauge() == {"now": 0, "seconds": 0.0}
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(streamed_lines, session, emu, "one", opened)
+            tg.start_soon(streamed_lines, session, emu, "two", opened)
+            await eventually(lambda: len(opened) == 2, "both streams are open")
+            assert gauge() == {"now": 2, "seconds": 0.0}
+            clock.advance(3)
+            assert gauge()["seconds"] == 6.0  # two submits held for 3 s
+            clock.advance(7)
+        await eventually(lambda: gauge()["now"] == 0, "streams closed")
+        assert gauge()["seconds"] == 2 * 10.0  # each held until its job finished, 10 s in
+
+
 def test_concurrency_limit_must_be_positive() -> None:
     """`concurrency_limit=0` is refused."""
     with pytest.raises(ValueError):
@@ -605,7 +631,7 @@ async def test_counters_endpoint_needs_no_auth_and_reset_clears_it() -> None:
         await post(session, emu, "/midjourney/imagine", {"prompt": "x", "async": True})
         await post(session, emu, "/midjourney/imagine", {"prompt": "y", "async": True}, "none")
         snapshot = await counters(session, emu)
-        assert set(snapshot) == {"counters", "tasks_per_prompt", "faults", "fault_log"}
+        assert set(snapshot) == {"counters", "tasks_per_prompt", "faults", "fault_log", "open_submits"}
         assert snapshot["counters"] == emu.counters
         assert snapshot["counters"]["fault_503"] == 1
         assert snapshot["tasks_per_prompt"] == {"y": 1}

@@ -10,15 +10,14 @@ from ..conftest import FAST_POLL
 
 
 async def test_the_limiter_learns_a_true_cap_and_every_job_finishes() -> None:
-    """Sixteen slots against a cap of 4 open streams: the cap is learnt as 4, and every job ends well."""
-    retry = mjasync.RetryPolicy(max_retries=20)
+    """Sixteen slots against a cap of 4 open streams: the cap is learnt as 4, and every job ends well
+    with the default retry policy (refusals spend no retry)."""
     async with (
         Emulator(speed=0.2, concurrency_limit=4) as emu,
         mjasync.Client(
             api_key=EMULATOR_TOKEN,
             base_url=emu.url,
             poll=FAST_POLL,
-            retry=retry,
             limits=mjasync.Limits(max_in_flight=16),
         ) as mj,
     ):

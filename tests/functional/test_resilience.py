@@ -623,11 +623,17 @@ async def test_retries_taken_is_recorded_on_results_and_outcomes(mj_emulator: Em
 @pytest.mark.parametrize(
     ("prompt", "faults", "error", "retries"),
     [
-        ("counted error", ["429; retry-after=0.01"] * 3, mjasync.RateLimitError, 2),
+        # Refusals (429) spend no retry; the three 503s that follow do.
+        (
+            "counted error",
+            ["429; retry-after=0.01"] * 3 + ["503; retry-after=0.01"] * 3,
+            mjasync.APIStatusError,
+            5,
+        ),
         ("counted error", ["429; retry-after=0.01", "reset; phase=before"], mjasync.AmbiguousSubmitError, 1),
         ("gore", ["503"], mjasync.ModerationError, 1),
     ],
-    ids=["rate-limited", "ambiguous", "moderated-after-a-retry"],
+    ids=["refused-then-unavailable", "ambiguous", "moderated-after-a-retry"],
 )
 async def test_retries_taken_is_recorded_on_errors(
     mj_emulator: Emulator, prompt: str, faults: list[str | None], error: type[mjasync.APIError], retries: int
@@ -639,6 +645,17 @@ async def test_retries_taken_is_recorded_on_errors(
     assert caught.value.retries_taken == retries
     assert len(posts(mj_emulator)) == retries + 1
     assert mj_emulator.counters["submits"] == 0
+
+
+@VIAS
+async def test_refusals_spend_no_retry(mj_emulator: Emulator, via: str) -> None:
+    """A submit refused (429) more often than `max_retries` still goes through: a refusal made nothing,
+    and the limiter paces it; only time (the call's budget, or the job's deadline) bounds it."""
+    script = FaultScript({IMAGINE: ["429; retry-after=0.01"] * 4})
+    async with scripted(mj_emulator, script) as mj:
+        result = await mj.imagine("patient").result(via=via)  # type: ignore[arg-type]
+    assert result.is_final and result.retries_taken == 4
+    assert mj_emulator.counters["submits"] == 1 and len(posts(mj_emulator)) == 5
 
 
 async def test_a_task_id_the_provider_does_not_know_ends_with_task_not_found(

@@ -74,6 +74,11 @@ def simulate(provider: Provider, *, seconds: float, max_limit: int = 64, seed: i
         for kind, ready_at in senders:
             if now < run.state.pause_until or len(running) >= math.floor(run.state.limit):
                 break
+            if run.state.probe_out:
+                break  # after a shared pause, the others wait for the probe's answer
+            probe = run.state.probe
+            if probe:
+                run.state = capacity.probing(run.state, now)
             if kind == "parked":
                 parked.remove(ready_at)
             run.submits.append(now)
@@ -86,19 +91,23 @@ def simulate(provider: Provider, *, seconds: float, max_limit: int = 64, seed: i
                     level=len(running) + 1,
                     in_flight=len(running) + len(parked) + 1,
                     retry_after=provider.retry_after,
+                    probe=probe,
                 )
                 waits_alone = verdict in ("isolated", "cap") or run.state.pause_until <= now
                 parked.append(now + provider.retry_after if waits_alone else run.state.pause_until)
             else:
+                run.state = capacity.accepted(run.state, now)
                 running.append(now + rng.uniform(*provider.duration))
         run.running.append((now, len(running)))
         run.limits.append((now, run.state.limit))
     return run
 
 
-def refuse(state: Capacity, now: float, level: int, retry_after: float = 1.0) -> tuple[Capacity, str]:
+def refuse(
+    state: Capacity, now: float, level: int, retry_after: float = 1.0, *, probe: bool = False
+) -> tuple[Capacity, str]:
     """A refusal while `level` jobs are out and 20 hold a slot."""
-    return capacity.refused(state, now, level=level, in_flight=20, retry_after=retry_after)
+    return capacity.refused(state, now, level=level, in_flight=20, retry_after=retry_after, probe=probe)
 
 
 def fixed(n: int) -> Callable[[float], int]:
@@ -185,3 +194,61 @@ def test_a_changing_cap_is_followed_each_way() -> None:
     assert run.mean_running(since=50, until=60) >= 0.9 * 4
     assert run.share_refused(since=50) <= 0.05 or run.rate(run.refusals, 50, 60) <= 0.5
     assert run.mean_running(since=80, until=90) >= 0.9 * 16
+
+
+# --- after a shared pause: one probe, and old news ignored --------------------------------------------
+
+
+def overloaded(level: int = 1) -> Capacity:
+    """A state just after a burst of refusals that was sustained overload (a shared pause of 1 s)."""
+    state = capacity.start(16)
+    for i in range(8):
+        state, _ = refuse(state, 0.001 * i, level)
+    assert state.probe and state.pause_until > 0
+    return state
+
+
+def test_after_a_pause_one_probe_goes_first_and_its_acceptance_ends_the_overload() -> None:
+    state = capacity.probing(overloaded(), 2.0)
+    assert state.probe_out
+    state = capacity.accepted(state, 2.1)
+    assert not state.probe and not state.probe_out
+    # A later refusal at a level held before is judged afresh, not as a refused probe.
+    state, verdict = refuse(state, 5.0, 1)
+    assert verdict != "overload" and state.pause_until == -math.inf
+
+
+def test_a_refused_probe_is_another_overload_with_a_longer_pause() -> None:
+    state = overloaded()
+    first = state.pause_until
+    state, verdict = refuse(capacity.probing(state, 2.0), 2.0, 1, probe=True)
+    assert verdict == "overload"
+    assert state.pause_until - 2.0 > first, "the provider holds none of ours: the pause grows"
+    assert state.probe and not state.probe_out and state.limit == 1
+
+
+def test_refusals_of_the_burst_answered_during_the_pause_are_not_the_probe() -> None:
+    state = overloaded()
+    decreases = state.decreases
+    state, verdict = refuse(state, 0.5, 1)  # sent before the pause, answered during it
+    assert verdict == "burst" and state.decreases == decreases
+    # With Retry-After: 0 the probe may go before the burst's last answers are in: still not the probe.
+    state, verdict = refuse(capacity.probing(state, 0.6), 0.6, 1)
+    assert verdict == "burst" and state.decreases == decreases and state.probe_out
+
+
+def test_a_probe_without_a_verdict_lets_another_go() -> None:
+    state = capacity.unanswered(capacity.probing(overloaded(), 2.0))
+    assert state.probe and not state.probe_out
+
+
+def test_completions_of_jobs_held_at_an_overload_do_not_end_it() -> None:
+    """Twelve jobs held when the provider started refusing everything: their completions are old news."""
+    state = overloaded(level=13)
+    assert state.skip == 12
+    limit = state.limit
+    for i in range(12):
+        state = capacity.completed(state, 1.0 + i * 0.01, level=12 - i, in_flight=20)
+    assert state.overloads == 1 and state.limit == limit and state.proven == 0
+    state = capacity.completed(state, 2.0, level=1, in_flight=20)
+    assert state.proven == 1, "a job accepted after the overload counts again"
