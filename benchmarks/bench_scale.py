@@ -24,7 +24,8 @@ Measured in each contender's process:
   (`gc.callbacks`), since at this scale they are most of the longest stalls;
 - **jobs completed** (must be N, else the other figures are invalid and say so), wall time and CPU.
 
-Targets: mjasync memory per job ≤ 1.3× raw aiohttp's, and mjasync p99 lag < 100 ms.
+Targets: mjasync memory per job ≤ 1.3× raw aiohttp's, and mjasync p99 lag < 100 ms, over the whole run and
+over the ramp-up alone.
 
 ```sh
 .venv/bin/python benchmarks/bench_scale.py            # full size (about 2 minutes), prints the figures
@@ -507,36 +508,43 @@ def figures(results: dict[str, dict[str, Any]], jobs: int) -> list[Figure]:
         baseline=BASELINE,
         notes=with_notes({}),
     )
-    base_p99 = results[BASELINE]["lag_p99_ms"]
-    for contender, result in results.items():
-        p99 = result["lag_p99_ms"]
-        ratio = None if contender == BASELINE else (p99 / base_p99 if base_p99 else float("inf"))
-        lag_note = (
-            f"p50 {result['lag_p50_ms']:.2f} ms over {result['lag_samples']} ticks; "
-            f"GC {result['gc_s']:.1f} s in all, longest pause {result['gc_longest_ms']:.0f} ms"
-        )
-        out.append(
-            Figure(
-                BENCH,
-                contender,
-                "event-loop lag p99",
-                p99,
-                "ms",
-                ratio,
-                f"< {LAG_TARGET_MS:g} ms" if contender != BASELINE else "",
-                (p99 < LAG_TARGET_MS and valid) if contender != BASELINE else None,
-                with_notes({contender: lag_note})[contender],
+
+    def lag_figures(metric: str, key: str, extra: dict[str, str]) -> list[Figure]:
+        """One lag percentile per contender, its ratio to raw aiohttp's, and mjasync's held to the target."""
+        base = results[BASELINE][key]
+        figures = []
+        for contender, result in results.items():
+            value = result[key]
+            ours = contender != BASELINE
+            figures.append(
+                Figure(
+                    BENCH,
+                    contender,
+                    metric,
+                    value,
+                    "ms",
+                    (value / base if base else float("inf")) if ours else None,
+                    f"< {LAG_TARGET_MS:g} ms" if ours else "",
+                    (value < LAG_TARGET_MS and valid) if ours else None,
+                    with_notes(extra)[contender],
+                )
             )
-        )
-    out += ratio_figures(
-        BENCH,
+        return figures
+
+    out += lag_figures(
+        "event-loop lag p99",
+        "lag_p99_ms",
+        {
+            c: f"p50 {r['lag_p50_ms']:.2f} ms over {r['lag_samples']} ticks; "
+            f"GC {r['gc_s']:.1f} s in all, longest pause {r['gc_longest_ms']:.0f} ms"
+            for c, r in results.items()
+        },
+    )
+    # Issue 13's target: the ramp alone, which the quiet streaming part of the run otherwise dilutes.
+    out += lag_figures(
         "event-loop lag p99, ramp-up",
-        "ms",
-        {c: r["lag_p99_ramp_ms"] for c, r in results.items()},
-        baseline=BASELINE,
-        notes=with_notes(
-            {c: f"{r['lag_samples_ramp']} ticks until all {jobs} were in flight" for c, r in results.items()}
-        ),
+        "lag_p99_ramp_ms",
+        {c: f"{r['lag_samples_ramp']} ticks until all {jobs} were in flight" for c, r in results.items()},
     )
     out += ratio_figures(
         BENCH,
