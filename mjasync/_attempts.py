@@ -18,7 +18,7 @@ import functools
 import math
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from types import TracebackType
@@ -398,7 +398,7 @@ async def submit_for_task_id(
     core: Core,
     path: str,
     body: bytes,
-    headers: dict[str, str] | None,
+    headers: Mapping[str, str] | None,
     request: AnyRequest,
     *,
     record: SendRecord | None = None,
@@ -506,9 +506,9 @@ async def reconcile_submit(
 
 
 async def _task_by_trace_id(core: Core, trace_id: str) -> str | None:
-    path, body = core.provider.task_request(trace_id=trace_id)
+    wire = core.provider.task_request(trace_id=trace_id)
     try:
-        response = await call_with_retries(core, lambda: core.transport.post(path, body))
+        response = await call_with_retries(core, lambda: core.transport.post(wire.path, wire.body))
     except (BadRequestError, NotFoundError):
         return None
     record: Any = core.provider.decode_task(response.body)
@@ -537,16 +537,17 @@ async def _task_by_listing(core: Core, request: AnyRequest, sent_at: float) -> s
         query = core.provider.recent_tasks_request(request, since=sent_at, offset=offset)
         if query is None:
             raise AmbiguousSubmitError("this provider cannot list recent tasks to look the submit up")
-        path, body, page = query
-        response = await call_with_retries(core, functools.partial(core.transport.post, path, body))
+        response = await call_with_retries(
+            core, functools.partial(core.transport.post, query.path, query.body)
+        )
         batch = core.provider.decode_task_batch(response.body)
         matches.update(
             (record.id, None)
             for record in batch.items
             if record.id and record.id not in core.known_tasks and core.provider.same_request(record, request)
         )
-        offset += page
-        if len(batch.items) < page or (batch.count is not None and offset >= batch.count):
+        offset += query.page_size
+        if len(batch.items) < query.page_size or (batch.count is not None and offset >= batch.count):
             break
     else:
         if not matches:

@@ -20,7 +20,7 @@ to the consumer: whenever the run is cancelled, every job is either received, li
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Collection, Iterable
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -174,6 +174,10 @@ async def run_many(
     """
     if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
         raise ValueError(f"concurrency must be a positive int, got {concurrency!r}")
+    if isinstance(jobs, Collection):
+        for job in jobs:  # handed over, all of them: a run that ends early leaves them unsent, quietly
+            if isinstance(job, Job):
+                job._hand_over()
     # The buffer only smooths hand-over; a consumer that stops reading stops the workers, not memory.
     send, receive = anyio.create_memory_object_stream[Outcome[R]](max_buffer_size=concurrency)
     tracker = _Tracker()
@@ -222,6 +226,8 @@ async def _feed(
                 slots.release()
                 tracker.input_error = exc
                 break
+            if isinstance(job, Job):
+                job._hand_over()  # its fate is reported here now, sent or not
             tracker.running[index] = job
             workers.start_soon(
                 _run_one, index, job, send.clone(), slots, tracker, via, fail_fast, on_accepted, outer

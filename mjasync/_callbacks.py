@@ -10,9 +10,8 @@ callback or the result arrives: a lost callback costs a few lookups, never the j
 
 from __future__ import annotations
 
-import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import anyio
@@ -35,13 +34,17 @@ _MAX_QUEUED = 32
 class CallbackInbox(Generic[R]):
     """Where one job's callbacks land, decoded by its provider, until the job has read them."""
 
-    def __init__(self, provider: Provider, kind: type[R]) -> None:
+    def __init__(
+        self, provider: Provider, kind: type[R], *, sleep: Callable[[float], Awaitable[None]] = anyio.sleep
+    ) -> None:
         self._provider = provider
         self._kind = kind
+        self._sleep = sleep
         self._queued: deque[R] = deque(maxlen=_MAX_QUEUED)
         self._final: R | None = None
         self._final_read = False
-        self._arrived: anyio.Event | None = None
+        #: The wait in `next`, which a callback arriving cuts short.
+        self._waiting: anyio.CancelScope | None = None
         #: The job's task id, once its submit has answered; callbacks for another task are ignored.
         self.task_id: str | None = None
         #: Callbacks taken (not counting ignored ones).
@@ -70,8 +73,8 @@ class CallbackInbox(Generic[R]):
             self._final = update
         else:
             self._queued.append(update)
-        if self._arrived is not None:
-            self._arrived.set()
+        if self._waiting is not None:
+            self._waiting.cancel()
         return True
 
     def expect(self, task_id: str) -> None:
@@ -86,10 +89,11 @@ class CallbackInbox(Generic[R]):
         update = self._take()
         if update is not None:
             return update
-        self._arrived = arrived = anyio.Event()
-        with anyio.move_on_after(within):
-            await arrived.wait()
-        self._arrived = None
+        with anyio.CancelScope() as self._waiting:
+            try:
+                await (anyio.sleep_forever() if within is None else self._sleep(within))
+            finally:
+                self._waiting = None
         return self._take()
 
     def _take(self) -> R | None:
@@ -155,7 +159,7 @@ class CallbackFollower(Generic[R]):
         while True:
             wait = self._quiet
             if deadline_at is not None:
-                wait = min(wait, deadline_at - time.monotonic())
+                wait = min(wait, deadline_at - self._core.clock())
                 if wait <= 0:
                     raise self._cursor.timed_out()
             update = await self._inbox.next(within=wait)
@@ -165,7 +169,7 @@ class CallbackFollower(Generic[R]):
                     self._quiet = self._core.poll.callback_grace  # callbacks are flowing again
                     return offered
                 continue
-            if deadline_at is not None and time.monotonic() >= deadline_at:
+            if deadline_at is not None and self._core.clock() >= deadline_at:
                 raise self._cursor.timed_out()
             # Quiet for too long: the callback may be lost. Look once, and keep listening.
             self.polls += 1

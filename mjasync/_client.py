@@ -9,7 +9,7 @@ from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mappin
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeVar, get_args
 
 import aiohttp
 import anyio
@@ -21,8 +21,6 @@ from ._callbacks import CallbackRouter
 from ._config import (
     DEFAULT_MAX_LINE_BYTES,
     DEFAULT_MAX_RESPONSE_BYTES,
-    ENV_API_KEY,
-    ENV_API_KEY_FALLBACK,
     ENV_BASE_URL,
     Limits,
     PollPolicy,
@@ -65,7 +63,7 @@ from ._models.results import (
 )
 from ._models.task import TaskBatch, TaskRecord
 from ._poller import TaskPoller
-from ._providers import Provider, get_provider
+from ._providers import Provider, ProviderName, WireRequest, api_key_env, get_provider
 from ._transport import SessionPool, Transport, WireResponse
 from ._transport._send import raise_connection_error
 from ._types import BlendDimension, Mode, PanDirection, VideoMode, VideoResolution, WaitVia
@@ -79,8 +77,7 @@ _VIDEO_MODES: Final = ("fast", "turbo")
 _RESOLUTIONS: Final = ("480p", "720p")
 _QUALITIES: Final = (".25", ".5", "1", "2", "4")
 _WAIT_VIAS: Final = ("stream", "poll", "sync", "callback")
-#: A blend's dimension as the `--ar` AceData reads from the prompt.
-_DIMENSION_ASPECTS: Final = {"square": "1:1", "portrait": "2:3", "landscape": "3:2"}
+_DIMENSIONS: Final = get_args(BlendDimension)
 _VERSION_RE: Final = re.compile(r"\d+(\.\d+)?")
 _ACTION_RE: Final = re.compile(r"[a-z0-9_]+")
 _USER_AGENT: Final = "mjasync/0.1 (+aiohttp)"
@@ -98,7 +95,8 @@ class Client:
         upscaled = await mj.upscale(grid, 2)
     ```
 
-    The key comes from `api_key`, else `MJASYNC_API_KEY`, else `ACEDATACLOUD_API_TOKEN`, and must be
+    The key comes from `api_key`, else `MJASYNC_API_KEY`, else the provider's own variable (AceData's
+    `ACEDATACLOUD_API_TOKEN`; GoAPI has none, and never reads AceData's), and must be
     visible ASCII (no whitespace, line breaks or control characters: it goes into a header as given).
     The base URL comes from `base_url`, else `MJASYNC_BASE_URL`, else the provider's, and must be an
     origin, `scheme://host[:port]` (a trailing "/" is fine): mjasync adds the API paths itself, so a
@@ -118,7 +116,7 @@ class Client:
         *,
         api_key: str | None = None,
         base_url: str | None = None,
-        provider: str = "acedata",
+        provider: ProviderName = "acedata",
         timeouts: Timeouts | None = None,
         limits: Limits | None = None,
         poll: PollPolicy | None = None,
@@ -155,7 +153,7 @@ class Client:
         *,
         api_key: str | None,
         base_url: str | None,
-        provider: str,
+        provider: ProviderName,
         timeouts: Timeouts | None,
         limits: Limits | None,
         poll: PollPolicy | None,
@@ -171,15 +169,12 @@ class Client:
         limiter: JobLimiter | None,
     ) -> None:
         self._provider: Provider = get_provider(provider)
+        key_names = api_key_env(self._provider)
         key_source, key = _first_given(
-            ("api_key", api_key),
-            (ENV_API_KEY, os.environ.get(ENV_API_KEY)),
-            (ENV_API_KEY_FALLBACK, os.environ.get(ENV_API_KEY_FALLBACK)),
+            ("api_key", api_key), *((name, os.environ.get(name)) for name in key_names)
         )
         if not key:
-            raise InvalidRequestError(
-                f"no API key: pass api_key=... or set {ENV_API_KEY} (or {ENV_API_KEY_FALLBACK})"
-            )
+            raise InvalidRequestError(f"no API key: pass api_key=... or set {' or '.join(key_names)}")
         validate_api_key(key, key_source)
         url_source, url = _first_given(
             ("base_url", base_url),
@@ -410,16 +405,28 @@ class Client:
         """
         if isinstance(image_urls, str) or not 2 <= len(image_urls) <= 5:
             raise InvalidRequestError("a blend needs between 2 and 5 image URLs (a list, not one string)")
-        dimension = _check_choice("dimension", dimension, tuple(_DIMENSION_ASPECTS))  # type: ignore[assignment]
+        dimension = _check_choice("dimension", dimension, _DIMENSIONS)  # type: ignore[assignment]
+        aspect_ratio = self._provider.blend_aspect_ratio(dimension) if dimension else None
+        if (
+            dimension
+            and aspect_ratio is None
+            and (
+                (params is not None and params.aspect_ratio is not None)
+                or (isinstance(prompt, str) and "--ar" in prompt.split())
+            )
+        ):
+            # The provider takes the shape as a field only; an `--ar` beside it could only contradict it.
+            raise InvalidRequestError("dimension= gives the blend's shape: drop the aspect ratio")
         job = self.imagine(
             prompt,
             image_urls=image_urls,
             params=params,
-            aspect_ratio=_DIMENSION_ASPECTS[dimension] if dimension else None,
+            aspect_ratio=aspect_ratio,
             mode=mode,
             timeout=timeout,
             callback_url=callback_url,
         )
+        job.close()  # only its request is wanted: the blend is the job that gets sent
         request = msgspec.structs.replace(
             job.request, blend_urls=list(image_urls), dimension=dimension, aspect_ratio=None
         )
@@ -679,8 +686,7 @@ class Client:
         """The record of one task, by its `task_id` or the `trace_id` of its submit."""
         if (task_id is None) == (trace_id is None):
             raise InvalidRequestError("pass exactly one of task_id and trace_id")
-        path, body = self._provider.task_request(task_id, trace_id=trace_id)
-        response = await self._post_idempotent(path, body)
+        response = await self._post_idempotent(self._provider.task_request(task_id, trace_id=trace_id))
         return self._provider.decode_task(response.body)
 
     async def retrieve_tasks(
@@ -691,23 +697,23 @@ class Client:
             raise InvalidRequestError("task_ids and trace_ids are lists of ids, not one string")
         if not task_ids and not trace_ids:
             raise InvalidRequestError("pass at least one task id or trace id")
-        path, body = self._provider.task_batch_request(
-            list(task_ids) or None, trace_ids=list(trace_ids) or None
-        )
-        response = await self._post_idempotent(path, body)
+        wire = self._provider.task_batch_request(list(task_ids) or None, trace_ids=list(trace_ids) or None)
+        response = await self._post_idempotent(wire)
         return self._provider.decode_task_batch(response.body)
 
     async def _fetch_records(self, task_ids: list[str]) -> dict[str, bytes]:
         batch = len(task_ids) > 1
-        path, body = (
+        wire = (
             self._provider.task_batch_request(task_ids) if batch else self._provider.task_request(task_ids[0])
         )
-        response = await self._post_idempotent(path, body)
+        response = await self._post_idempotent(wire)
         return self._provider.task_bodies(response.body, batch=batch)
 
-    async def _post_idempotent(self, path: str, body: bytes) -> WireResponse:
+    async def _post_idempotent(self, wire: WireRequest) -> WireResponse:
         transport = self._core.transport
-        return await call_with_retries(self._core, lambda: transport.post(path, body))
+        return await call_with_retries(
+            self._core, lambda: transport.post(wire.path, wire.body, headers=wire.headers or None)
+        )
 
     # -- downloads --------------------------------------------------------------------------------------
 
@@ -800,22 +806,24 @@ class Client:
 
     async def _call(self, request: Any, kind: type[R]) -> R:
         self._provider.check(request)
-        path, body, _, as_task = self._provider.call_request(request)
-        if as_task:
-            return await self._call_as_task(request, kind, path, body)
-        response = await self._post_idempotent(path, body)
-        result = self._provider.decode_result(kind, response.body, request=f"POST {path}")
+        call = self._provider.call_request(request)
+        if call.as_task:
+            return await self._call_as_task(request, kind, call)
+        response = await self._post_idempotent(call)
+        result = self._provider.decode_result(kind, response.body, request=f"POST {call.path}")
         if result.failed:
-            raise self._provider.job_failed(result, request=f"POST {path}")
+            raise self._provider.job_failed(result, request=f"POST {call.path}")
         return result
 
-    async def _call_as_task(self, request: Any, kind: type[R], path: str, body: bytes) -> R:
+    async def _call_as_task(self, request: Any, kind: type[R], call: WireRequest) -> R:
         """A short call the provider runs as a task (GoAPI's describe and seed): submit once, then wait."""
         core = self._core
         # The wait's deadline counts from the submit, as a job's does.
         record = SendRecord(core.poll.deadline)
         async with core.limiter.slot(request):
-            task_id, retries = await submit_for_task_id(core, path, body, None, request, record=record)
+            task_id, retries = await submit_for_task_id(
+                core, call.path, call.body, call.headers or None, request, record=record
+            )
             handle = TaskHandle(
                 core,
                 kind,

@@ -12,7 +12,6 @@ __all__ = [
     "DEFAULT_MAX_LINE_BYTES",
     "DEFAULT_MAX_RESPONSE_BYTES",
     "ENV_API_KEY",
-    "ENV_API_KEY_FALLBACK",
     "ENV_BASE_URL",
     "Limits",
     "PollPolicy",
@@ -21,9 +20,9 @@ __all__ = [
 ]
 
 DEFAULT_BASE_URL = "https://api.acedata.cloud"
+#: Read for every provider; each provider may name its own variables to read after it
+#: (`Provider.api_key_env`), never another provider's.
 ENV_API_KEY = "MJASYNC_API_KEY"
-#: AceData's own tools read this one; we fall back to it.
-ENV_API_KEY_FALLBACK = "ACEDATACLOUD_API_TOKEN"
 ENV_BASE_URL = "MJASYNC_BASE_URL"
 
 #: A JSON body bigger than this is refused without reading it all.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -27,6 +28,7 @@ from ._models.results import Result
 from ._models.task import TaskRecord
 from ._poller import PollCursor, TaskPoller
 from ._providers import CallbackTarget, Provider
+from ._redact import redact
 from ._stream import JobStream
 from ._transport import Transport
 from ._types import NOT_GIVEN, NotGiven, WaitVia
@@ -49,6 +51,9 @@ class Core:
     max_line_bytes: int
     wait_via: WaitVia
     known_tasks: KnownTasks = field(default_factory=KnownTasks)
+    #: The time every wait below the client reads (`time.monotonic()`), and how it sleeps: tests
+    #: inject a clock they move themselves.
+    clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], Awaitable[None]] = anyio.sleep
     #: Where jobs that wait by callback get their address (a `WebhookReceiver`), if anywhere.
     callbacks: CallbackRouter | None = None
@@ -62,7 +67,7 @@ class Core:
         """
         if self.callbacks is None or request.callback_url is not None:
             return None, None, _nothing
-        inbox = CallbackInbox(self.provider, kind)
+        inbox = CallbackInbox(self.provider, kind, sleep=self.sleep)
         target, close = self.callbacks.open_route(inbox, progress=progress, ttl=self.poll.deadline)
         return inbox, target, close
 
@@ -78,7 +83,9 @@ class Job(Generic[R]):
     - `async with job.stream() as updates: async for u in updates:` gives every progress update;
     - `await job.submit()` gives a `TaskHandle` at once, to wait on later.
 
-    Using a job a second time raises `RuntimeError` rather than paying for the work twice.
+    Using a job a second time raises `RuntimeError` rather than paying for the work twice. A job
+    collected without ever being sent (awaited, streamed, submitted or taken by `run_many`) warns with a
+    `RuntimeWarning`, as a coroutine never awaited does; `close()` discards one on purpose.
 
     Every way of waiting ends within `PollPolicy.deadline` of the job's first send. A caller who gives
     up on a job (cancels it, or a `run_many` around it) finds what the provider may hold in
@@ -86,13 +93,39 @@ class Job(Generic[R]):
     task id, the task may still exist: `await client.find_task(job, since=job.sent_at)`).
     """
 
+    #: Whether a job collected unsent should warn: not until `__init__` has accepted its request
+    #: (a refused one never was a job), and no more once it is sent, handed over or closed.
+    _owes_send = False
+
     def __init__(self, core: Core, kind: type[R], request: JobRequest) -> None:
         core.provider.check(request)
         self._core = core
         self._kind = kind
         self._request = request
         self._sent = False
+        self._closed = False
         self._record = SendRecord(core.poll.deadline)
+        self._owes_send = True
+
+    def __del__(self) -> None:
+        if self._owes_send:
+            warnings.warn(
+                f"Job {_call_of(self._kind, self._request)} was never awaited or sent",
+                RuntimeWarning,
+                stacklevel=1,  # a collection has no caller of the job's to point at
+                source=self,
+            )
+
+    def close(self) -> None:
+        """Discard the job without sending it (one built only to look at): no warning when it is
+        collected, and sending it later raises `RuntimeError`. Closing a sent job changes nothing."""
+        if not self._sent:
+            self._closed = True
+        self._owes_send = False
+
+    def _hand_over(self) -> None:
+        """Someone who reports the job's fate (`run_many`) has taken it: collected unsent, it keeps quiet."""
+        self._owes_send = False
 
     @property
     def task_id(self) -> str | None:
@@ -145,6 +178,7 @@ class Job(Generic[R]):
         known (to journal it, say). The job holds one of the client's in-flight slots from its submit
         to its result. `WaitTimeoutError` is raised `PollPolicy.deadline` seconds after the first send.
         """
+        self._owes_send = False  # awaited: a refusal below is the caller's news, not a silent loss
         core = self._core
         asked = via
         via = via or core.wait_via
@@ -198,14 +232,14 @@ class Job(Generic[R]):
         self._claim()
         core = self._core
         inbox, target, close = core.open_inbox(self._kind, self._request, progress=True)
-        path, body, headers = core.provider.job_request(self._request, via="stream", callback=target)
+        wire = core.provider.job_request(self._request, via="stream", callback=target)
         return JobStream(
             core,
             self._kind,
             self._request,
-            path,
-            body,
-            headers,
+            wire.path,
+            wire.body,
+            wire.headers,
             record=self._record,
             inbox=inbox,
             close_route=close,
@@ -230,10 +264,10 @@ class Job(Generic[R]):
             else (None, None, _nothing)
         )
         via: WaitVia = "callback" if target is not None else "poll"
-        path, body, headers = core.provider.job_request(self._request, via=via, callback=target)
+        wire = core.provider.job_request(self._request, via=via, callback=target)
         try:
             task_id, retries = await submit_for_task_id(
-                core, path, body, headers, self._request, record=self._record
+                core, wire.path, wire.body, wire.headers, self._request, record=self._record
             )
         except BaseException:
             close()
@@ -254,7 +288,8 @@ class Job(Generic[R]):
     async def _long_wait(self) -> R:
         self._claim()
         core = self._core
-        path, body, headers = core.provider.job_request(self._request, via="sync")
+        wire = core.provider.job_request(self._request, via="sync")
+        path = wire.path
         server_timeout = self._request.timeout or DEFAULT_SERVER_TIMEOUT
         # Read longer than the server waits, so its 504 (which keeps the task retrievable) arrives first.
         read = server_timeout + core.transport.timeouts.long_wait_margin
@@ -262,7 +297,11 @@ class Job(Generic[R]):
         async def send() -> R:
             # The request's own overall timeout ends it at the job's deadline (the first send is noted).
             answer = await core.transport.post(
-                path, body, headers=headers, read_timeout=read, total_timeout=self._record.time_left()
+                path,
+                wire.body,
+                headers=wire.headers,
+                read_timeout=read,
+                total_timeout=self._record.time_left(),
             )
             # Read inside the attempt: an answer that cannot be decoded (or that is not final) came
             # from a server that got the submit, so its task is looked up rather than lost.
@@ -296,11 +335,31 @@ class Job(Generic[R]):
         return with_retries_taken(result, retries)
 
     def _claim(self) -> None:
+        if self._closed:
+            raise RuntimeError("this job was closed; build a new one to send it")
         if self._sent:
             raise RuntimeError(
                 "this job was already sent; build a new one (sending it again would pay for it twice)"
             )
         self._sent = True
+        self._owes_send = False
+
+
+#: How much of a prompt (or other argument) a never-sent job's warning shows.
+_CALL_ARGUMENT_CHARS = 40
+
+
+def _call_of(kind: type[Result], request: JobRequest) -> str:
+    """The call that made a job, for a warning about it: `imagine('a cat')`, `upscale2('img-1')`."""
+    name = kind.kind if request.action == "generate" else request.action
+    subject = request.prompt or getattr(request, "image_id", None) or getattr(request, "video_id", None)
+    if not subject:
+        return f"{name}()"
+    # Held secrets never show; a long prompt is cut (the start says which job it was).
+    text = redact(subject)
+    if len(text) > _CALL_ARGUMENT_CHARS:
+        text = text[: _CALL_ARGUMENT_CHARS - 1] + "…"
+    return f"{name}({text!r})"
 
 
 class TaskHandle(Generic[R]):
@@ -346,8 +405,8 @@ class TaskHandle(Generic[R]):
     async def record(self) -> TaskRecord[R]:
         """The task record as it stands now."""
         core = self._core
-        path, body = core.provider.task_request(self.task_id)
-        response = await call_with_retries(core, lambda: core.transport.post(path, body))
+        wire = core.provider.task_request(self.task_id)
+        response = await call_with_retries(core, lambda: core.transport.post(wire.path, wire.body))
         record: TaskRecord[R] = core.provider.decode_task(response.body, self._kind)
         return record
 
@@ -359,7 +418,7 @@ class TaskHandle(Generic[R]):
         """
         if isinstance(deadline, NotGiven):
             if self._started_at is None:
-                self._started_at = time.monotonic()
+                self._started_at = self._core.clock()
             limit, started_at = self._core.poll.deadline, self._started_at
         else:
             limit, started_at = deadline, None

@@ -84,7 +84,7 @@ FINISH_MARGIN = 0.1
 @dataclass(frozen=True, slots=True)
 class PollSchedule:
     """What one task's lookups have shown of its pace: all `next_delay` needs. Times are `now`s given
-    to `observe` (the cursor's are `time.monotonic()`)."""
+    to `observe` (the cursor's are its client's clock, `time.monotonic()` unless one is injected)."""
 
     #: The wait while there is no estimate of the end: grows with each lookup without new progress.
     interval: float
@@ -182,16 +182,17 @@ class _Round:
 
 
 class _Sleeper:
-    """A waiter whose lookup is not due yet; a round with room may take it early (then `joined` is set)."""
+    """A waiter whose lookup is not due yet; a round with room may take it early (then `joined` is set,
+    and its sleep is cut short by cancelling `woken`)."""
 
     __slots__ = ("due", "earliest", "joined", "task_id", "woken")
 
-    def __init__(self, task_id: str, earliest: float, due: float) -> None:
+    def __init__(self, task_id: str, earliest: float, due: float, woken: anyio.CancelScope) -> None:
         self.task_id = task_id
         self.earliest = earliest
         self.due = due
         self.joined: _Round | None = None
-        self.woken = anyio.Event()
+        self.woken = woken
 
 
 def _due(sleeper: _Sleeper) -> float:
@@ -199,12 +200,25 @@ def _due(sleeper: _Sleeper) -> float:
 
 
 class TaskPoller:
-    """Coalesces concurrent task lookups into batched fetches."""
+    """Coalesces concurrent task lookups into batched fetches.
 
-    def __init__(self, fetch: FetchRecords, *, window: float, max_batch: int) -> None:
+    Every wait reads `clock` and sleeps with `sleep` (the client's; tests inject time they move).
+    """
+
+    def __init__(
+        self,
+        fetch: FetchRecords,
+        *,
+        window: float,
+        max_batch: int,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+    ) -> None:
         self._fetch = fetch
         self._window = window
         self._max_batch = max_batch
+        self._clock = clock
+        self._sleep_for = sleep
         self._gathering: _Round | None = None
         #: Waiters not due yet, which a round with room may take early.
         self._sleeping: dict[_Sleeper, None] = {}
@@ -245,14 +259,14 @@ class TaskPoller:
 
     async def _sleep(self, task_id: str, delay: float, early: float) -> _Round | None:
         """Sleep until due, unless a round takes this lookup early: then that round."""
-        now = time.monotonic()
-        sleeper = _Sleeper(task_id, now + delay - early, now + delay)
-        self._sleeping[sleeper] = None
-        try:
-            with anyio.move_on_after(delay):
-                await sleeper.woken.wait()
-        finally:
-            self._sleeping.pop(sleeper, None)
+        now = self._clock()
+        with anyio.CancelScope() as woken:
+            sleeper = _Sleeper(task_id, now + delay - early, now + delay, woken)
+            self._sleeping[sleeper] = None
+            try:
+                await self._sleep_for(delay)
+            finally:
+                self._sleeping.pop(sleeper, None)
         return sleeper.joined
 
     def _take_early(self, current: _Round) -> None:
@@ -260,7 +274,7 @@ class TaskPoller:
         if not self._sleeping:
             return
         room = self._max_batch - len(current.ids)
-        now = time.monotonic()
+        now = self._clock()
         ready = sorted((sleeper for sleeper in self._sleeping if sleeper.earliest <= now), key=_due)
         # Sleepers whose task is in the round already ride free; the rest need room.
         for sleeper in ready:
@@ -271,13 +285,13 @@ class TaskPoller:
                 current.ids[sleeper.task_id] = None
             del self._sleeping[sleeper]
             sleeper.joined = current
-            sleeper.woken.set()
+            sleeper.woken.cancel()
 
     async def _lead(self, current: _Round, task_id: str) -> bytes | None:
         try:
             try:
                 if self._window > 0:
-                    await anyio.sleep(self._window)
+                    await self._sleep_for(self._window)
             finally:
                 if self._gathering is current:
                     self._gathering = None
@@ -303,7 +317,8 @@ class PollCursor(Generic[R]):
     when its `PollSchedule` says (by the progress seen and its pace; see the module docstring). Updates
     that repeat what was already seen are skipped.
 
-    The wait ends at `deadline` seconds from `started_at` (a `time.monotonic()`; default: now), and
+    The wait ends at `deadline` seconds from `started_at` (a reading of the client's clock; default:
+    now), and
     after `PollPolicy.max_missing_lookups` lookups in a row that find no record of the task.
     """
 
@@ -320,7 +335,7 @@ class PollCursor(Generic[R]):
     ) -> None:
         self._core = core
         self._deadline = deadline
-        start = time.monotonic() if started_at is None else started_at
+        start = core.clock() if started_at is None else started_at
         self._deadline_at = None if deadline is None else start + deadline
         #: Lookups in a row that found no record of the task.
         self._misses = 0
@@ -344,7 +359,7 @@ class PollCursor(Generic[R]):
         """
         if self.done:
             raise RuntimeError("the task already finished")
-        remaining = None if self._deadline_at is None else self._deadline_at - time.monotonic()
+        remaining = None if self._deadline_at is None else self._deadline_at - self._core.clock()
         # The scope covers one step, inside this call: nothing here spans a `yield`.
         with anyio.move_on_after(remaining):
             return await self._next_state()
@@ -402,12 +417,12 @@ class PollCursor(Generic[R]):
 
     def _saw(self, progress: float | None) -> None:
         """Plan the next lookup after one (or a callback) that showed `progress` just now."""
-        now = time.monotonic()
+        now = self._core.clock()
         self._plan(observe(self._schedule, progress, now, self._core.poll), now)
 
     def _told_nothing(self) -> None:
         """Plan the next lookup after one that failed or found no readable record."""
-        self._plan(unanswered(self._schedule, self._core.poll), time.monotonic())
+        self._plan(unanswered(self._schedule, self._core.poll), self._core.clock())
 
     def _plan(self, schedule: PollSchedule, now: float) -> None:
         self._schedule = schedule
@@ -466,7 +481,7 @@ class PollCursor(Generic[R]):
 
     @property
     def deadline_at(self) -> float | None:
-        """When (`time.monotonic()`) waiting gives up; None for never."""
+        """When (by the client's clock) waiting gives up; None for never."""
         return self._deadline_at
 
     @property

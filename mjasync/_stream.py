@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -76,7 +76,7 @@ class JobStream(Generic[R]):
         request: JobRequest,
         path: str,
         body: bytes,
-        headers: dict[str, str],
+        headers: Mapping[str, str],
         *,
         record: SendRecord | None = None,
         inbox: CallbackInbox[R] | None = None,

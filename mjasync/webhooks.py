@@ -48,7 +48,7 @@ from . import _redact
 from ._callbacks import CallbackInbox
 from ._exceptions import InvalidRequestError
 from ._models.params import validate_http_url
-from ._providers import CallbackTarget
+from ._providers import CALLBACK_SECRET_HEADERS, CallbackTarget
 
 __all__ = [
     "DEFAULT_BODY_TIMEOUT",
@@ -245,8 +245,9 @@ class WebhookReceiver:
         stats = self._stats
         stats.received += 1
         route = self._routes.get(request.match_info.get("token", ""))
-        given = request.headers.get("x-webhook-secret")
-        wants_secret = route is not None and route.inbox.secret_header is not None
+        secret_header = route.inbox.secret_header if route is not None else None
+        given = _given_secret(request, secret_header)
+        wants_secret = secret_header is not None
         if (given is not None or wants_secret) and not _same_secret(given or "", self._secret):
             stats.rejected += 1
             return await _answer_unread(request, _refuse(401, "wrong or missing webhook secret"))
@@ -542,6 +543,17 @@ def _listen(host: str, port: int) -> socket.socket:
 def _check_int(name: str, value: object, least: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < least:
         raise InvalidRequestError(f"{name} must be an int of at least {least}, got {value!r}")
+
+
+def _given_secret(request: web.Request, secret_header: str | None) -> str | None:
+    """The secret a callback carries: in its route's provider's header, else in any provider's.
+
+    Any provider's header is looked at too, so a wrong secret is refused even on an unknown route.
+    """
+    for name in (secret_header, *CALLBACK_SECRET_HEADERS):
+        if name is not None and name in request.headers:
+            return request.headers[name]
+    return None
 
 
 def _same_secret(given: str, expected: str) -> bool:

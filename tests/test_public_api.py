@@ -68,7 +68,9 @@ def test_unconfirmed_submit_is_a_frozen_record_of_a_sent_job() -> None:
 
     fields = [f.name for f in dataclasses.fields(mjasync.UnconfirmedSubmit)]
     assert fields == ["index", "request", "sent_at"]
-    request = mjasync.Client(api_key="k" * 16, base_url="http://127.0.0.1:9").imagine("a cat").request
+    job = mjasync.Client(api_key="k" * 16, base_url="http://127.0.0.1:9").imagine("a cat")
+    request = job.request
+    job.close()  # built for its request only
     entry = mjasync.UnconfirmedSubmit(index=3, request=request, sent_at=1.5)
     with pytest.raises(dataclasses.FrozenInstanceError):
         entry.index = 4  # type: ignore[misc]

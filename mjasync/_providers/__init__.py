@@ -1,24 +1,41 @@
 """Mapping layer: one module per provider, each turning neutral requests into its wire format and back.
 
 The client talks only to the `Provider` protocol below, so a provider difference lives in its module,
-never in an `if provider == ...` elsewhere.
+never in an `if provider == ...` elsewhere. Each provider is one module-level object, listed in
+`PROVIDERS`; adding one means a module here, an entry there and in `ProviderName`, and its emulator.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Protocol, TypeVar
+from types import MappingProxyType
+from typing import Any, Final, Literal, Protocol, TypeVar
 
+from .._config import ENV_API_KEY
 from .._exceptions import APIStatusError, InvalidRequestError, JobFailedError
 from .._models.requests import AnyRequest, JobRequest
 from .._models.results import ImagineResult, Result
 from .._models.task import TaskBatch, TaskRecord, TaskState
-from .._types import WaitVia
+from .._types import BlendDimension, WaitVia
 from ._callback import CallbackTarget
-from .acedata import AceDataProvider
-from .goapi import GoapiProvider
+from ._wire import CallRequest, PageRequest, WireRequest
+from .acedata import ACEDATA, AceDataProvider
+from .goapi import GOAPI, GoapiProvider
 
-__all__ = ["AceDataProvider", "CallbackTarget", "GoapiProvider", "Provider", "get_provider"]
+__all__ = [
+    "CALLBACK_SECRET_HEADERS",
+    "PROVIDERS",
+    "AceDataProvider",
+    "CallRequest",
+    "CallbackTarget",
+    "GoapiProvider",
+    "PageRequest",
+    "Provider",
+    "ProviderName",
+    "api_key_env",
+    "WireRequest",
+    "get_provider",
+]
 
 R = TypeVar("R", bound=Result)
 
@@ -41,24 +58,28 @@ class Provider(Protocol):
     #: The header the provider's callbacks carry our secret back in (None: it sends none).
     @property
     def callback_secret_header(self) -> str | None: ...
+    #: The provider's own environment variables for the API key, read after `MJASYNC_API_KEY`; never
+    #: another provider's, so one vendor's key is never sent to another's host.
+    @property
+    def api_key_env(self) -> tuple[str, ...]: ...
 
     def auth_headers(self, api_key: str) -> dict[str, str]: ...
     def credential_headers(self) -> frozenset[str]: ...
     def check(self, request: AnyRequest) -> None: ...
+    #: The `--ar` a blend of this shape carries in its prompt (None: the shape goes as a field only).
+    def blend_aspect_ratio(self, dimension: BlendDimension) -> str | None: ...
     def follow_up_id(self, result: ImagineResult) -> str | None: ...
     def job_request(
         self, request: JobRequest, *, via: WaitVia, callback: CallbackTarget | None = None
-    ) -> tuple[str, bytes, dict[str, str]]: ...
-    def call_request(self, request: AnyRequest) -> tuple[str, bytes, type[Result], bool]: ...
-    def task_request(
-        self, task_id: str | None = None, *, trace_id: str | None = None
-    ) -> tuple[str, bytes]: ...
+    ) -> WireRequest: ...
+    def call_request(self, request: AnyRequest) -> CallRequest: ...
+    def task_request(self, task_id: str | None = None, *, trace_id: str | None = None) -> WireRequest: ...
     def task_batch_request(
         self, task_ids: list[str] | None = None, *, trace_ids: list[str] | None = None
-    ) -> tuple[str, bytes]: ...
+    ) -> WireRequest: ...
     def recent_tasks_request(
         self, request: AnyRequest, *, since: float, offset: int = 0
-    ) -> tuple[str, bytes, int] | None: ...
+    ) -> PageRequest | None: ...
     def same_request(self, record: TaskRecord[Any], request: AnyRequest) -> bool: ...
     def decode_result(self, kind: type[R], body: bytes, *, request: str | None = None) -> R: ...
     def decode_update(self, kind: type[R], line: bytes, line_number: int) -> R: ...
@@ -76,13 +97,27 @@ class Provider(Protocol):
     def job_failed(self, result: Result, *, request: str | None = None) -> JobFailedError: ...
 
 
-_PROVIDERS: dict[str, type[Provider]] = {"acedata": AceDataProvider, "goapi": GoapiProvider}
+#: The name `Client(provider=...)` takes; a test keeps it equal to the keys of `PROVIDERS`.
+ProviderName = Literal["acedata", "goapi"]
+
+#: Every provider by name: the client's `provider=` and the CLI's `--provider` choices.
+PROVIDERS: Final[Mapping[str, Provider]] = MappingProxyType({p.name: p for p in (ACEDATA, GOAPI)})
+
+#: Every header some provider carries our callback secret back in (lower case).
+CALLBACK_SECRET_HEADERS: Final = tuple(
+    sorted({p.callback_secret_header for p in PROVIDERS.values() if p.callback_secret_header})
+)
 
 
 def get_provider(name: str) -> Provider:
     """The provider called `name`."""
     try:
-        return _PROVIDERS[name]()
+        return PROVIDERS[name]
     except KeyError:
-        known = ", ".join(sorted(_PROVIDERS))
+        known = ", ".join(sorted(PROVIDERS))
         raise InvalidRequestError(f"unknown provider {name!r}; known: {known}") from None
+
+
+def api_key_env(provider: Provider) -> tuple[str, ...]:
+    """The environment variables an API key for `provider` is read from, first found wins."""
+    return (ENV_API_KEY, *provider.api_key_env)

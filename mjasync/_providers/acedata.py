@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any, Final, TypeVar
 
 import msgspec
@@ -54,10 +55,11 @@ from .._models.results import (
 from .._models.task import TaskBatch, TaskRecord, TaskState
 from .._redact import redact_cause
 from .._retry import parse_retry_after
-from .._types import WaitVia
+from .._types import BlendDimension, WaitVia
 from ._callback import CallbackTarget
+from ._wire import CallRequest, PageRequest, WireRequest
 
-__all__ = ["AceDataProvider"]
+__all__ = ["ACEDATA", "AceDataProvider"]
 
 R = TypeVar("R", bound=Result)
 
@@ -76,6 +78,8 @@ _CALL_PATHS: Final[dict[type[Any], tuple[str, type[Result]]]] = {
     SeedRequest: ("/midjourney/seed", SeedResult),
 }
 TASKS_PATH: Final = "/midjourney/tasks"
+#: AceData has no blend shape field: the shape is the `--ar` at the end of the blend's prompt.
+_BLEND_ASPECT_RATIOS: Final[dict[str, str]] = {"square": "1:1", "portrait": "2:3", "landscape": "3:2"}
 
 #: The task record's `type` tells which result its `response` holds.
 _RESULT_BY_TASK_TYPE: Final[dict[str, type[Result]]] = {
@@ -140,6 +144,8 @@ _NOT_COMPARED: Final = _DELIVERY_FIELDS | _NOT_SENT
 #: How far back (seconds) a reconciling lookup searches before the submit, for clock skew.
 _RECONCILE_SKEW = 120.0
 _RECENT_PAGE = 100
+_ACCEPT_JSON: Final = MappingProxyType({"accept": JSON})
+_ACCEPT_NDJSON: Final = MappingProxyType({"accept": NDJSON})
 
 
 _encoder = msgspec.json.Encoder()
@@ -176,6 +182,8 @@ class AceDataProvider:
     streams: Final = True
     long_waits: Final = True
     callback_secret_header: Final = None
+    #: AceData's own tools read the key from this; the client does after `MJASYNC_API_KEY`.
+    api_key_env: Final = ("ACEDATACLOUD_API_TOKEN",)
 
     # -- requests ---------------------------------------------------------------------------------
 
@@ -192,14 +200,18 @@ class AceDataProvider:
         if isinstance(request, ImagineRequest) and request.skip_prompt_check:
             raise UnsupportedFeatureError(self.name, "skip_prompt_check")
 
+    def blend_aspect_ratio(self, dimension: BlendDimension) -> str | None:
+        """The `--ar` that says a blend's shape in its prompt."""
+        return _BLEND_ASPECT_RATIOS[dimension]
+
     def follow_up_id(self, result: ImagineResult) -> str | None:
         """A follow-up names the image it acts on by `image_id`."""
         return result.image_id
 
     def job_request(
         self, request: JobRequest, *, via: WaitVia, callback: CallbackTarget | None = None
-    ) -> tuple[str, bytes, dict[str, str]]:
-        """Path, body and headers that submit a long-running job the way `via` will wait for it."""
+    ) -> WireRequest:
+        """The request that submits a long-running job the way `via` will wait for it."""
         path = _JOB_PATHS[type(request)]
         changes: dict[str, Any] = {}
         if isinstance(request, ImagineRequest) and (
@@ -212,37 +224,39 @@ class AceDataProvider:
         if via == "stream":
             # The stream itself is the result; `async` would turn it into a bare task_id answer.
             request = msgspec.structs.replace(request, async_=None, timeout=None, **changes)
-            return path, _encoder.encode(request), {"accept": NDJSON}
+            return WireRequest(path, _encoder.encode(request), _ACCEPT_NDJSON)
         if via in ("poll", "callback"):
             request = msgspec.structs.replace(request, async_=True, timeout=None, **changes)
         elif changes:
             request = msgspec.structs.replace(request, **changes)
-        return path, _encoder.encode(request), {"accept": JSON}
+        return WireRequest(path, _encoder.encode(request), _ACCEPT_JSON)
 
-    def call_request(self, request: AnyRequest) -> tuple[str, bytes, type[Result], bool]:
-        """Path, body and result type of a short synchronous call (never a task: the `False`)."""
+    def call_request(self, request: AnyRequest) -> CallRequest:
+        """A short synchronous call (never a task)."""
         path, kind = _CALL_PATHS[type(request)]
-        return path, _encoder.encode(request), kind, False
+        return CallRequest(path, _encoder.encode(request), result_type=kind)
 
-    def task_request(self, task_id: str | None = None, *, trace_id: str | None = None) -> tuple[str, bytes]:
-        """Path and body that retrieve one task."""
-        return TASKS_PATH, _encoder.encode(_TaskQuery(action="retrieve", id=task_id, trace_id=trace_id))
+    def task_request(self, task_id: str | None = None, *, trace_id: str | None = None) -> WireRequest:
+        """The request that retrieves one task."""
+        return WireRequest(
+            TASKS_PATH, _encoder.encode(_TaskQuery(action="retrieve", id=task_id, trace_id=trace_id))
+        )
 
     def task_batch_request(
         self, task_ids: list[str] | None = None, *, trace_ids: list[str] | None = None
-    ) -> tuple[str, bytes]:
-        """Path and body that retrieve many tasks at once."""
+    ) -> WireRequest:
+        """The request that retrieves many tasks at once."""
         wanted = len(task_ids or ()) + len(trace_ids or ())
         # The batch call pages with a default limit of 12, so ask for every id we name.
         query = _TaskQuery(
             action="retrieve_batch", ids=task_ids, trace_ids=trace_ids, offset=0, limit=max(wanted, 1)
         )
-        return TASKS_PATH, _encoder.encode(query)
+        return WireRequest(TASKS_PATH, _encoder.encode(query))
 
     def recent_tasks_request(
         self, request: AnyRequest, *, since: float, offset: int = 0
-    ) -> tuple[str, bytes, int] | None:
-        """Path, body and page size of one page of this account's recent tasks like `request`.
+    ) -> PageRequest | None:
+        """One page of this account's recent tasks like `request`.
 
         For reconciling a submit; newest first, so later pages reach back towards `since`.
         """
@@ -256,7 +270,7 @@ class AceDataProvider:
             offset=offset,
             limit=_RECENT_PAGE,
         )
-        return TASKS_PATH, _encoder.encode(query), _RECENT_PAGE
+        return PageRequest(TASKS_PATH, _encoder.encode(query), page_size=_RECENT_PAGE)
 
     def same_request(self, record: TaskRecord[Any], request: AnyRequest) -> bool:
         """Whether the task was made by a submit of `request` (the record keeps the body it was sent)."""
@@ -464,3 +478,7 @@ def _describe_status(status: int, headers: Mapping[str, str], body: bytes, code:
 
 def _reason(exc: BaseException) -> str:
     return "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+
+
+#: The one AceData provider every client shares (stateless, so also a stable cache key).
+ACEDATA: Final = AceDataProvider()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any, Final, TypeVar
 
 import msgspec
@@ -52,10 +53,11 @@ from .._models.results import DescribeResult, ImagineResult, Result, SeedResult
 from .._models.task import TaskBatch, TaskRecord, TaskState
 from .._redact import redact_cause
 from .._retry import parse_retry_after
-from .._types import WaitVia
+from .._types import BlendDimension, WaitVia
 from ._callback import CallbackTarget
+from ._wire import CallRequest, PageRequest, WireRequest
 
-__all__ = ["GoapiProvider"]
+__all__ = ["GOAPI", "GoapiProvider"]
 
 R = TypeVar("R", bound=Result)
 
@@ -63,6 +65,7 @@ PREFIX: Final = "/mj/v2"
 FETCH_PATH: Final = f"{PREFIX}/fetch"
 MULTI_FETCH_PATH: Final = f"{PREFIX}/multi_fetch"
 SECRET_HEADER: Final = "x-webhook-secret"
+_ACCEPT_JSON: Final = MappingProxyType({"accept": "application/json"})
 
 #: GoAPI's action names (task_result.actions) -> the client's neutral ones; others pass unchanged.
 _NEUTRAL_ACTIONS: Final = {
@@ -173,6 +176,8 @@ class GoapiProvider:
     streams: Final = False
     long_waits: Final = False
     callback_secret_header: Final = SECRET_HEADER
+    #: No variable of its own: the key comes from `api_key` or `MJASYNC_API_KEY` only.
+    api_key_env: Final[tuple[str, ...]] = ()
 
     # -- requests ---------------------------------------------------------------------------------
 
@@ -205,14 +210,19 @@ class GoapiProvider:
         if request.blend_urls is not None and _blend_extras(request):
             raise UnsupportedFeatureError(self.name, "text or parameters in a blend (its images only)")
 
+    def blend_aspect_ratio(self, dimension: BlendDimension) -> str | None:
+        """None: the shape goes as the `dimension` field, and a blend's prompt is not sent."""
+        del dimension
+        return None
+
     def follow_up_id(self, result: ImagineResult) -> str | None:
         """A follow-up names its parent by task id."""
         return result.task_id
 
     def job_request(
         self, request: JobRequest, *, via: WaitVia, callback: CallbackTarget | None = None
-    ) -> tuple[str, bytes, dict[str, str]]:
-        """Path, body and headers of a submit; every GoAPI job answers with a task id at once."""
+    ) -> WireRequest:
+        """A submit; every GoAPI job answers with a task id at once."""
         del via  # one way only: a task, then fetch or webhooks
         self.check(request)
         assert isinstance(request, ImagineRequest)
@@ -224,40 +234,37 @@ class GoapiProvider:
                 body["notify_progress"] = True
         elif request.callback_url is not None:
             body["webhook_endpoint"] = request.callback_url
-        return f"{PREFIX}/{endpoint}", _encoder.encode(body), {"accept": "application/json"}
+        return WireRequest(f"{PREFIX}/{endpoint}", _encoder.encode(body), _ACCEPT_JSON)
 
-    def call_request(self, request: AnyRequest) -> tuple[str, bytes, type[Result], bool]:
-        """Path, body and result type of describe or seed, which GoAPI runs as tasks (the `True`)."""
+    def call_request(self, request: AnyRequest) -> CallRequest:
+        """Describe or seed, which GoAPI runs as tasks."""
         self.check(request)
         if isinstance(request, DescribeRequest):
-            return (
-                f"{PREFIX}/describe",
-                _encoder.encode({"image_url": request.image_url}),
-                DescribeResult,
-                True,
-            )
+            body = _encoder.encode({"image_url": request.image_url})
+            return CallRequest(f"{PREFIX}/describe", body, result_type=DescribeResult, as_task=True)
         if isinstance(request, SeedRequest):
-            return f"{PREFIX}/seed", _encoder.encode({"task_id": request.image_id}), SeedResult, True
+            body = _encoder.encode({"task_id": request.image_id})
+            return CallRequest(f"{PREFIX}/seed", body, result_type=SeedResult, as_task=True)
         raise UnsupportedFeatureError(self.name, type(request).__name__)
 
-    def task_request(self, task_id: str | None = None, *, trace_id: str | None = None) -> tuple[str, bytes]:
-        """Path and body of `fetch`."""
+    def task_request(self, task_id: str | None = None, *, trace_id: str | None = None) -> WireRequest:
+        """`fetch`."""
         del trace_id  # GoAPI has none
         if task_id is None:
             raise InvalidRequestError("GoAPI has no trace ids; look a task up by its task_id")
-        return FETCH_PATH, _encoder.encode({"task_id": task_id})
+        return WireRequest(FETCH_PATH, _encoder.encode({"task_id": task_id}))
 
     def task_batch_request(
         self, task_ids: list[str] | None = None, *, trace_ids: list[str] | None = None
-    ) -> tuple[str, bytes]:
-        """Path and body of `multi_fetch`."""
+    ) -> WireRequest:
+        """`multi_fetch`."""
         if trace_ids:
             raise InvalidRequestError("GoAPI has no trace ids; look tasks up by their task_ids")
-        return MULTI_FETCH_PATH, _encoder.encode({"task_ids": task_ids or []})
+        return WireRequest(MULTI_FETCH_PATH, _encoder.encode({"task_ids": task_ids or []}))
 
     def recent_tasks_request(
         self, request: AnyRequest, *, since: float, offset: int = 0
-    ) -> tuple[str, bytes, int] | None:
+    ) -> PageRequest | None:
         """None: v2 cannot list an account's tasks, so a lost submit cannot be looked up."""
         del request, since, offset
         return None
@@ -521,3 +528,7 @@ def _describe_status(status: int, body: bytes) -> str:
 
 def _reason(exc: BaseException) -> str:
     return "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+
+
+#: The one GoAPI provider every client shares (stateless, so also a stable cache key).
+GOAPI: Final = GoapiProvider()

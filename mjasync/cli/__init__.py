@@ -6,6 +6,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from .._providers import PROVIDERS
+
 __all__ = ["main"]
 
 
@@ -24,7 +26,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--prompt", default="Lamborghini speeds inside a volcano", help="the prompt to imagine")
     demo.add_argument(
         "--provider",
-        choices=("acedata", "goapi"),
+        choices=tuple(PROVIDERS),
         default="acedata",
         help="which provider's API the emulator speaks to the client (default: %(default)s)",
     )

@@ -29,8 +29,8 @@ import anyio
 import mjasync
 from mjasync import InvalidRequestError
 
-from .._config import ENV_API_KEY, ENV_API_KEY_FALLBACK
 from .._models.params import MAX_PROMPT_CHARS
+from .._providers import PROVIDERS, api_key_env, get_provider
 from ._batch_input import InputError, InputJob, iter_units, load_jobs, parse_upscale, validate_jobs
 from ._batch_run import BatchRun, RunOptions
 from ._batch_view import BatchView
@@ -56,6 +56,11 @@ EXIT_USAGE: Final = 2
 EXIT_FAILED_JOBS: Final = 3
 EXIT_SIGINT: Final = 130
 EXIT_SIGTERM: Final = 143
+#: For `--api-key`'s help: each provider's own key variable, read after $MJASYNC_API_KEY.
+_OWN_KEY_ENV: Final = ", ".join(
+    f"{' or '.join('$' + env for env in provider.api_key_env) or 'none'} for {name}"
+    for name, provider in PROVIDERS.items()
+)
 
 _EPILOG = """\
 input:
@@ -181,17 +186,17 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     connection = parser.add_argument_group("service")
     connection.add_argument(
         "--provider",
-        choices=("acedata", "goapi"),
+        choices=tuple(PROVIDERS),
         default="acedata",
         help="the API's provider (default: %(default)s)",
     )
     connection.add_argument(
-        "--base-url", metavar="URL", help="API origin (default: $MJASYNC_BASE_URL, else AceData's)"
+        "--base-url", metavar="URL", help="API origin (default: $MJASYNC_BASE_URL, else the provider's)"
     )
     connection.add_argument(
         "--api-key",
         metavar="KEY",
-        help="API key (default: $MJASYNC_API_KEY, else $ACEDATACLOUD_API_TOKEN); never printed",
+        help=f"API key (default: $MJASYNC_API_KEY, else the provider's own: {_OWN_KEY_ENV}); never printed",
     )
     connection.add_argument(
         "--emulator",
@@ -251,13 +256,9 @@ def _run_batch(args: argparse.Namespace) -> int:
         jobs = load_jobs(
             args.input, upscale=args.upscale, fmt=args.format, max_prompt_chars=args.max_prompt_chars
         )
-        if not (
-            args.emulator
-            or args.api_key
-            or os.environ.get(ENV_API_KEY)
-            or os.environ.get(ENV_API_KEY_FALLBACK)
-        ):
-            raise InputError(f"no API key: pass --api-key or set {ENV_API_KEY} (or {ENV_API_KEY_FALLBACK})")
+        key_names = api_key_env(get_provider(args.provider))
+        if not (args.emulator or args.api_key or any(os.environ.get(name) for name in key_names)):
+            raise InputError(f"no API key: pass --api-key or set {' or '.join(key_names)}")
         # A client made here checks the key and URL too; it only builds jobs, so it never connects.
         builder = mjasync.Client(
             api_key="validation-only" if args.emulator else args.api_key,

@@ -198,7 +198,7 @@ def validate_jobs(
     builder = builder or mjasync.Client(api_key="validation-only", base_url="http://127.0.0.1")
     for job in jobs:
         try:
-            grid_job(builder, job, mode)
+            grid_job(builder, job, mode).close()  # built for its checks only, never sent
         except InvalidRequestError as exc:
             raise InputError(f"{source}:{job.line}: {exc}") from None
 

@@ -207,13 +207,16 @@ class BatchRun:
             try:
                 found = await self._mj.find_task(job, since=plan.since)
             except AmbiguousSubmitError as exc:
+                job.close()
                 self._end(unit, error=exc)  # sending it again could pay twice
                 return None
             except MJError as exc:
+                job.close()
                 self._leave(unit, f"could not look up its earlier submit: {type(exc).__name__}: {exc}")
                 return None
             # An identical request's task that another key already holds is not this key's.
             if found is not None and found not in self._claimed:
+                job.close()  # its earlier submit is followed instead
                 self._journal.accepted(unit.key, found)
                 self._claimed.add(found)
                 return self._mj.task(found)

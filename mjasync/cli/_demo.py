@@ -9,13 +9,14 @@ import anyio
 
 import mjasync
 
+from .._providers import ProviderName
 from ..emulator import DEFAULT_TOKEN, Emulator
 from ._progress import ProgressView
 
 __all__ = ["run_demo"]
 
 
-def run_demo(*, out: str, speed: float, prompt: str, provider: str = "acedata") -> int:
+def run_demo(*, out: str, speed: float, prompt: str, provider: ProviderName = "acedata") -> int:
     """Run the demo; return the exit status."""
     if speed < 0:
         print("error: --speed must be >= 0", file=sys.stderr)
@@ -35,7 +36,7 @@ def run_demo(*, out: str, speed: float, prompt: str, provider: str = "acedata") 
 _DEMO_POLL = mjasync.PollPolicy(initial_interval=0.2, factor=1.2, max_interval=0.5)
 
 
-async def _demo(out: Path, speed: float, prompt: str, provider: str) -> list[Path]:
+async def _demo(out: Path, speed: float, prompt: str, provider: ProviderName) -> list[Path]:
     async with Emulator(speed=speed) as emulator:
         print(f"Embedded emulator on {emulator.url} (nothing leaves this machine), speaking {provider}")
         async with mjasync.Client(

@@ -288,21 +288,24 @@ async def test_a_prompt_at_the_limit_is_sent(mj: mjasync.Client, mj_emulator: An
     text = "z" * MAX_PROMPT_CHARS
     job = mj.imagine(text)
     assert job.request.prompt == text
+    job.close()  # built to be looked at
     assert (await mj.shorten(text)).prompts is not None
 
 
 async def test_max_prompt_chars_raises_or_lowers_the_limit(mj_emulator: Any) -> None:
     async with mjasync.Client(api_key=EMULATOR_TOKEN, base_url=mj_emulator.url, max_prompt_chars=10) as small:
-        small.imagine("0123456789")
+        small.imagine("0123456789").close()  # within the limit: built (and not sent)
         with pytest.raises(mjasync.InvalidRequestError, match=r"11 characters.*the limit of 10"):
             small.imagine("0123456789a")
         with pytest.raises(mjasync.InvalidRequestError, match="the limit of 10"):
             await small.translate("0123456789a")
-        assert small.with_options(wait_via="poll").imagine("0123456789") is not None
+        small.with_options(wait_via="poll").imagine("0123456789").close()
         with pytest.raises(mjasync.InvalidRequestError, match="the limit of 10"):
             small.with_options(wait_via="poll").imagine("0123456789a")
         big = small.with_options(max_prompt_chars=len(LONG))
-        assert big.imagine(LONG).request.prompt == LONG
+        long_job = big.imagine(LONG)
+        assert long_job.request.prompt == LONG
+        long_job.close()
     assert mj_emulator.requests == []
 
 

@@ -147,8 +147,10 @@ async def test_find_task_picks_up_a_submit_whose_answer_was_never_written_down(m
     since = time.time()
     other_client_job = mj.with_options()  # a fresh client knows none of the tasks
     handle = await other_client_job.imagine("a crane at dawn").submit()
-    assert await mj.find_task(mj.imagine("a crane at dawn"), since=since) == handle.task_id
-    assert await mj.find_task(mj.imagine("never sent"), since=since) is None
+    looked_for, never_sent = mj.imagine("a crane at dawn"), mj.imagine("never sent")
+    assert await mj.find_task(looked_for, since=since) == handle.task_id
+    assert await mj.find_task(never_sent, since=since) is None
+    looked_for.close(), never_sent.close()  # built only to be looked for
 
 
 async def test_a_rebuilt_handle_is_never_adopted_by_a_lookup(mj: mjasync.Client) -> None:
@@ -159,7 +161,9 @@ async def test_a_rebuilt_handle_is_never_adopted_by_a_lookup(mj: mjasync.Client)
     first = (await mj.with_options().imagine("same prompt").submit()).task_id
     second = (await mj.with_options().imagine("same prompt").submit()).task_id
     mj.task(first)
-    assert await mj.find_task(mj.imagine("same prompt"), since=since) == second
+    looked_for = mj.imagine("same prompt")
+    assert await mj.find_task(looked_for, since=since) == second
+    looked_for.close()  # built only to be looked for
 
 
 def _one_undecodable_receipt_app(bad_submit: int, depth: int) -> web.Application:

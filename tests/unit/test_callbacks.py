@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import time
+from collections.abc import Awaitable
 from typing import Any
 
 import anyio
@@ -13,6 +13,8 @@ import mjasync
 from mjasync._callbacks import CallbackInbox
 from mjasync._exceptions import ResponseDecodeError
 from mjasync._providers import get_provider
+
+from ..virtual_time import VirtualTime
 
 SECRET = "a-webhook-secret-for-tests"
 
@@ -98,21 +100,24 @@ async def test_the_queue_is_bounded_and_keeps_the_newest() -> None:
 
 
 async def test_next_waits_for_a_callback_and_gives_up_after_within() -> None:
-    inbox = goapi_inbox()
-    started = time.monotonic()
-    assert await inbox.next(within=0.05) is None
-    assert time.monotonic() - started >= 0.04
+    fake = VirtualTime()
+    inbox = CallbackInbox(get_provider("goapi"), mjasync.ImagineResult, sleep=fake.sleep)
+    assert await fake.drive(lambda: inbox.next(within=0.05)) is None
+    assert fake.now == 0.05, "it waited `within`, on the time it was given"
 
+    got: list[mjasync.ImagineResult | None] = []
     async with anyio.create_task_group() as group:
+        group.start_soon(lambda: _append(got, inbox.next(within=1.0)))
+        await anyio.wait_all_tasks_blocked()
+        inbox.deliver(task("t1", progress=60))
+    assert [update.progress for update in got if update is not None] == [60]
+    assert fake.now == 0.05, "a callback ends the wait at once"
 
-        async def later() -> None:
-            await anyio.sleep(0.02)
-            inbox.deliver(task("t1", progress=60))
 
-        group.start_soon(later)
-        with anyio.fail_after(2):
-            update = await inbox.next(within=1.0)
-    assert update is not None and update.progress == 60
+async def _append(
+    into: list[mjasync.ImagineResult | None], update: Awaitable[mjasync.ImagineResult | None]
+) -> None:
+    into.append(await update)
 
 
 @pytest.mark.parametrize("body", [b"", b"not json", b"[]", b"null", b'{"task_id": 5}'])

@@ -109,8 +109,8 @@ def without_blanks(example: dict[str, Any]) -> dict[str, Any]:
 
 
 def submit(request: ImagineRequest, **options: Any) -> tuple[str, dict[str, Any], dict[str, str]]:
-    path, body, headers = PROVIDER.job_request(request, via="poll", **options)
-    return path, json.loads(body), headers
+    wire = PROVIDER.job_request(request, via="poll", **options)
+    return wire.path, json.loads(wire.body), dict(wire.headers)
 
 
 def test_every_fixture_is_used_and_decodes() -> None:
@@ -143,10 +143,11 @@ def test_identity_and_credentials() -> None:
 
 
 def test_fetch_and_multi_fetch_requests_match_the_documented_bodies() -> None:
-    path, body = PROVIDER.task_request("<id>")
-    assert path == "/mj/v2/fetch" and json.loads(body) == load("note_fetch_request.json")
-    path, body = PROVIDER.task_batch_request(["id1", "id2"])
-    assert path == "/mj/v2/multi_fetch" and json.loads(body) == load("note_multi_fetch_request_fixed.json")
+    wire = PROVIDER.task_request("<id>")
+    assert wire.path == "/mj/v2/fetch" and json.loads(wire.body) == load("note_fetch_request.json")
+    wire = PROVIDER.task_batch_request(["id1", "id2"])
+    assert wire.path == "/mj/v2/multi_fetch"
+    assert json.loads(wire.body) == load("note_multi_fetch_request_fixed.json")
 
 
 def test_trace_ids_are_refused() -> None:
@@ -265,13 +266,13 @@ def test_inpaint_body_matches_seed_003_byte_for_byte() -> None:
 
 def test_describe_and_seed_are_tasks() -> None:
     example = load("seed003_describe_request.json")
-    path, body, kind, as_task = PROVIDER.call_request(DescribeRequest(image_url=example["image_url"]))
-    assert (path, kind, as_task) == ("/mj/v2/describe", DescribeResult, True)
+    call = PROVIDER.call_request(DescribeRequest(image_url=example["image_url"]))
+    assert (call.path, call.result_type, call.as_task) == ("/mj/v2/describe", DescribeResult, True)
     # The client sends no mode for describe ("mixed", the documented default, is what the seed sends).
-    assert json.loads(body) == {k: v for k, v in without_blanks(example).items() if k != "process_mode"}
-    path, body, kind, as_task = PROVIDER.call_request(SeedRequest(image_id=ORIGIN))
-    assert (path, kind, as_task) == ("/mj/v2/seed", SeedResult, True)
-    assert json.loads(body) == {"task_id": ORIGIN}
+    assert json.loads(call.body) == {k: v for k, v in without_blanks(example).items() if k != "process_mode"}
+    call = PROVIDER.call_request(SeedRequest(image_id=ORIGIN))
+    assert (call.path, call.result_type, call.as_task) == ("/mj/v2/seed", SeedResult, True)
+    assert json.loads(call.body) == {"task_id": ORIGIN}
 
 
 def test_blend_body() -> None:
@@ -794,9 +795,9 @@ def test_false_flags_ask_for_nothing_goapi_lacks() -> None:
     """`translation=False` or `moodboard=False` is no feature request, so the job is not refused."""
     request = ImagineRequest(action="generate", prompt="a cat", translation=False, moodboard=False)
     PROVIDER.check(request)
-    path, body, _ = PROVIDER.job_request(request, via="poll")
-    assert path == "/mj/v2/imagine"
-    assert json.loads(body) == {"prompt": "a cat"}
+    wire = PROVIDER.job_request(request, via="poll")
+    assert wire.path == "/mj/v2/imagine"
+    assert json.loads(wire.body) == {"prompt": "a cat"}
 
 
 def test_describe_prompts_numbered_on_single_lines_are_split_too() -> None:

@@ -28,6 +28,8 @@ from mjasync._poller import (
 )
 from mjasync._providers import get_provider
 
+from ..virtual_time import VirtualTime
+
 POLICY = mjasync.PollPolicy(initial_interval=1.0, factor=1.5, max_interval=10.0)
 
 
@@ -196,16 +198,20 @@ def running(progress: float) -> dict[str, Any]:
 async def test_a_cursor_plans_its_next_lookup_from_the_progress_it_saw() -> None:
     """Two rises seen: the next wait is the schedule's (less jitter), not the fixed curve's next step."""
     policy = mjasync.PollPolicy(initial_interval=0.001, max_interval=30.0, batch_window=0.0)
+    fake = VirtualTime()
     core: Any = SimpleNamespace(
-        poller=TaskPoller(Script(running(10), running(20)), window=0.0, max_batch=50),
+        poller=TaskPoller(
+            Script(running(10), running(20)), window=0.0, max_batch=50, clock=fake.clock, sleep=fake.sleep
+        ),
         provider=get_provider("acedata"),
         poll=policy,
+        clock=fake.clock,
     )
     cursor = PollCursor(core, mjasync.ImagineResult, "t", deadline=60)
     with anyio.fail_after(30):
-        assert (await cursor.next()).progress == 10
+        assert (await fake.drive(cursor.next)).progress == 10
         assert cursor.schedule.progress == 10 and finish_estimate(cursor.schedule) is None
-        assert (await cursor.next()).progress == 20
+        assert (await fake.drive(cursor.next)).progress == 20
     schedule = cursor.schedule
     assert [progress for _, progress in schedule.rises] == [10, 20]
     assert finish_estimate(schedule) is not None and schedule.looked_at is not None
@@ -223,20 +229,32 @@ async def test_a_jobs_first_lookup_never_rides_early() -> None:
         return {task_id: msgspec.json.encode(running(10)) for task_id in ids}
 
     policy = mjasync.PollPolicy(initial_interval=0.3, batch_window=0.0)
-    poller = TaskPoller(fetch, window=0.0, max_batch=50)
-    core: Any = SimpleNamespace(poller=poller, provider=get_provider("acedata"), poll=policy)
+    fake = VirtualTime()
+    poller = TaskPoller(fetch, window=0.0, max_batch=50, clock=fake.clock, sleep=fake.sleep)
+    core: Any = SimpleNamespace(
+        poller=poller, provider=get_provider("acedata"), poll=policy, clock=fake.clock
+    )
     cursor = PollCursor(core, mjasync.ImagineResult, "t", first_poll_delay=0.3, deadline=60)
-    with anyio.fail_after(30):
+
+    async def both() -> None:
         async with anyio.create_task_group() as group:
             group.start_soon(cursor.next)
             await poller.poll("other", delay=0.2)  # a round with room, 0.1 s before "t" is due
+
+    with anyio.fail_after(30):
+        await fake.drive(both)
     assert fetched == [["other"], ["t"]]
+    assert fake.now == 0.3, "the first lookup came when it was due"
 
 
 async def test_a_callback_update_feeds_the_schedule_too() -> None:
     policy = mjasync.PollPolicy(initial_interval=1.0)
+    fake = VirtualTime()
     core: Any = SimpleNamespace(
-        poller=TaskPoller(Script(), window=0.0, max_batch=50), provider=get_provider("acedata"), poll=policy
+        poller=TaskPoller(Script(), window=0.0, max_batch=50, clock=fake.clock, sleep=fake.sleep),
+        provider=get_provider("acedata"),
+        poll=policy,
+        clock=fake.clock,
     )
     cursor = PollCursor(core, mjasync.ImagineResult, "t", deadline=60)
     update = mjasync.ImagineResult(task_id="t", progress=30)
