@@ -175,7 +175,7 @@ async def contend(
         ) as client:
             if contender == "aimd":
                 # Benchmark only: the earlier control, on the same client.
-                client._core = dataclasses.replace(client._core, limiter=JobLimiter(WORKERS, policy="aimd"))
+                client._engine.limiter = JobLimiter(WORKERS, policy="aimd")
             await asyncio.gather(
                 *side, *(_mjasync_worker(client, done, started, until, i) for i in range(workers))
             )

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 
 import msgspec
 
-from mjasync import ImagineResult
 from mjasync._ndjson import NdjsonDecoder
 from mjasync._providers import AceDataProvider
+from mjasync.types import ImagineUpdate
 
 __all__ = ["DecoderFigure", "make_stream", "run"]
 
@@ -96,13 +96,13 @@ def run(size: int = 64 * MIB, *, repeats: int = 3) -> list[DecoderFigure]:
     """Decode about `size` bytes each way; the fastest of `repeats` runs counts."""
     data, lines, chunks = make_stream(size)
     provider = AceDataProvider()
-    decoder = msgspec.json.Decoder(ImagineResult, strict=False)
+    decoder = msgspec.json.Decoder(ImagineUpdate, strict=False)
 
     def ours() -> int:
         # Built as `JobStream._open` builds its reader's decoder.
         decoder = NdjsonDecoder(
-            lambda run: provider.decode_updates(ImagineResult, run),
-            lambda line, number: provider.decode_update(ImagineResult, line, number),
+            lambda run: provider.decode_updates(ImagineUpdate, run),
+            lambda line, number: provider.decode_update(ImagineUpdate, line, number),
         )
         count = 0
         for chunk in chunks:

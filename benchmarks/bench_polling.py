@@ -198,15 +198,15 @@ async def with_mjasync(url: str, jobs: int) -> dict[str, Any]:
         )
         finished = time.perf_counter()
         polls_at_end = await _polls(url)
-        poller = client.poller
+        stats = client.statistics()
         done = sum(
             1 for outcome in outcomes if isinstance(outcome, mjasync.ImagineResult) and outcome.is_final
         )
         return _report(
             jobs, done, jobs - done, started, submitted, finished,
             polls_at_start, polls_at_submitted, polls_at_end,
-            fetches=poller.fetches,
-            mean_batch=poller.ids_fetched / poller.fetches if poller.fetches else 0.0,
+            fetches=stats.lookups,
+            mean_batch=stats.ids_looked_up / stats.lookups if stats.lookups else 0.0,
             **await _detection_delays(url, learned),
         )  # fmt: skip
 

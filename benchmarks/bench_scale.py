@@ -349,7 +349,7 @@ async def _mjasync(url: str, jobs: int, progress: Progress) -> dict[str, Any]:
                 progress.completed += 1
 
         def held() -> dict[str, int]:
-            stats = client.limiter.statistics()
+            stats = client.statistics().limiter
             return {
                 "client_connections": len(connector._acquired),
                 "limiter_in_flight": stats.in_flight,

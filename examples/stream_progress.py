@@ -18,7 +18,6 @@ async def main() -> None:
                 async for update in updates:
                     state = "final" if update.is_final else "in progress"
                     print(f"{update.progress:5.1f}%  image_id={update.image_id}  {state}")
-            assert updates.final is not None
             print("actions:", ", ".join(updates.final.actions))
 
 

@@ -21,13 +21,13 @@ async def main(count: int) -> None:
             handles = [await mj.imagine(f"a lighthouse, study {i}").submit() for i in range(count)]
             results: list[mjasync.ImagineResult] = []
 
-            async def wait(handle: mjasync.TaskHandle[mjasync.ImagineResult]) -> None:
+            async def wait(handle: mjasync.types.ImagineHandle) -> None:
                 results.append(await handle.wait(deadline=60))
 
             async with anyio.create_task_group() as group:
                 for handle in handles:
                     group.start_soon(wait, handle)
-            print(f"{len(results)} jobs finished with {mj.poller.fetches} task lookups")
+            print(f"{len(results)} jobs finished with {mj.statistics().lookups} task lookups")
 
 
 if __name__ == "__main__":

@@ -15,9 +15,10 @@ import anyio
 
 import mjasync
 from mjasync.emulator import DEFAULT_TOKEN, Emulator
+from mjasync.types import ProviderName
 
 
-async def main(provider: str, users: int, drop: int) -> None:
+async def main(provider: ProviderName, users: int, drop: int) -> None:
     receiver = mjasync.WebhookReceiver()  # a random secret; GoAPI echoes it in x-webhook-secret
     poll = mjasync.PollPolicy(callback_grace=2.0, initial_interval=0.5, max_interval=1.0)
     async with Emulator(speed=0.5) as emulator, receiver.serve(host="127.0.0.1") as url:
@@ -29,7 +30,6 @@ async def main(provider: str, users: int, drop: int) -> None:
 
             async def answer(user: int) -> None:
                 grid = await mj.imagine(f"a sticker of a fox, for user {user}")  # resolved by callback
-                assert grid.image_url is not None
                 replies[user] = grid.image_url
 
             async with anyio.create_task_group() as group:
@@ -54,7 +54,7 @@ async def main(provider: str, users: int, drop: int) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--provider", choices=("goapi", "acedata"), default="goapi")
     parser.add_argument("--users", type=int, default=50)
     parser.add_argument("--drop", type=int, default=1)

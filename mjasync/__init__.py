@@ -10,10 +10,7 @@ async with mjasync.Client() as mj:  # MJASYNC_API_KEY, MJASYNC_BASE_URL from the
 
 from __future__ import annotations
 
-from ._batch import Outcome as Outcome
-from ._batch import Outcomes as Outcomes
-from ._batch import UnconfirmedSubmit as UnconfirmedSubmit
-from ._client import DEFAULT_MAX_DOWNLOAD_BYTES as DEFAULT_MAX_DOWNLOAD_BYTES
+from . import types as types
 from ._client import Client as Client
 from ._config import Limits as Limits
 from ._config import PollPolicy as PollPolicy
@@ -47,34 +44,15 @@ from ._exceptions import UnsupportedFeatureError as UnsupportedFeatureError
 from ._exceptions import WaitTimeoutError as WaitTimeoutError
 from ._job import Job as Job
 from ._job import TaskHandle as TaskHandle
-from ._job import TaskUpdates as TaskUpdates
-from ._limiter import JobLimiter as JobLimiter
-from ._limiter import LimiterStatistics as LimiterStatistics
 from ._models.params import PromptParams as PromptParams
-from ._models.results import DescribeResult as DescribeResult
-from ._models.results import EditsResult as EditsResult
-from ._models.results import ErrorDetail as ErrorDetail
-from ._models.results import ImagineResult as ImagineResult
-from ._models.results import Result as Result
-from ._models.results import SeedResult as SeedResult
-from ._models.results import ShortenResult as ShortenResult
-from ._models.results import TranslateResult as TranslateResult
-from ._models.results import VideoResult as VideoResult
-from ._models.task import TaskBatch as TaskBatch
-from ._models.task import TaskRecord as TaskRecord
-from ._models.task import TaskState as TaskState
-from ._stream import JobStream as JobStream
 from ._types import NOT_GIVEN as NOT_GIVEN
-from ._types import BlendDimension as BlendDimension
-from ._types import Mode as Mode
 from ._types import NotGiven as NotGiven
-from ._types import PanDirection as PanDirection
-from ._types import VideoMode as VideoMode
-from ._types import VideoResolution as VideoResolution
-from ._types import WaitVia as WaitVia
-from .webhooks import ReceiverStatistics as ReceiverStatistics
+from .types import ImagineResult as ImagineResult
 from .webhooks import WebhookReceiver as WebhookReceiver
 
+# What user code writes: the client, its settings and prompt parameters, the jobs it returns, the
+# webhook receiver, every error, and the result of the most common call. The Literal aliases and the
+# other data the client hands back are in `mjasync.types`.
 __all__ = [
     "ActionNotAvailableError",
     "AmbiguousSubmitError",
@@ -84,72 +62,48 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
-    "BlendDimension",
     "Client",
-    "DEFAULT_MAX_DOWNLOAD_BYTES",
-    "DescribeResult",
-    "EditsResult",
-    "ErrorDetail",
     "GatewayTimeoutError",
     "ImagineResult",
     "InvalidRequestError",
     "Job",
     "JobFailedError",
-    "JobLimiter",
-    "JobStream",
-    "LimiterStatistics",
     "Limits",
     "LineTooLongError",
     "MalformedLineError",
     "MJError",
-    "Mode",
     "ModerationError",
     "NOT_GIVEN",
     "NotFoundError",
     "NotGiven",
-    "Outcome",
-    "Outcomes",
-    "PanDirection",
     "PermissionDeniedError",
     "PollPolicy",
     "PromptParams",
     "QuotaExceededError",
     "RateLimitError",
-    "ReceiverStatistics",
     "ResponseDecodeError",
-    "Result",
     "RetryPolicy",
-    "SeedResult",
     "ServerError",
-    "ShortenResult",
     "StreamError",
     "StreamInterruptedError",
-    "TaskBatch",
     "TaskHandle",
     "TaskNotFoundError",
-    "TaskRecord",
-    "TaskState",
-    "TaskUpdates",
     "Timeouts",
-    "TranslateResult",
-    "UnconfirmedSubmit",
     "UnsupportedFeatureError",
-    "VideoMode",
-    "VideoResolution",
-    "VideoResult",
     "WaitTimeoutError",
-    "WaitVia",
     "WebhookReceiver",
 ]
 
-# Show public classes as `mjasync.X`, not as the private module they live in.
+# Show public classes as `mjasync.X`, not as the private module they live in (those also in
+# `mjasync.types`, such as `ImagineResult`, already show as `mjasync.types.X`).
 for _name in __all__:
     _obj = globals()[_name]
-    if isinstance(_obj, type) and _obj.__module__.startswith("mjasync."):
-        try:
-            _obj.__module__ = "mjasync"
-        except (AttributeError, TypeError):  # pragma: no cover - some builtins refuse
-            pass
+    if (
+        isinstance(_obj, type)
+        and _obj.__module__.startswith("mjasync.")
+        and _obj.__module__ != "mjasync.types"
+    ):
+        _obj.__module__ = __name__
 del _name, _obj
 
 

@@ -1,138 +1,38 @@
-"""Client layer: jobs that hear from their provider by callback, with polling only as a fallback.
+"""Client floor: a job that hears from its provider by callback, with polling only as a fallback.
 
-A job that waits by callback gets an inbox and asks the client's router (a `WebhookReceiver`) for an
-address of its own; the provider POSTs there and the receiver hands each body to the inbox, which the
-job's provider decodes. The inbox keeps little: the final body, and a short queue of progress updates
-(older ones are dropped: each update is a snapshot, so the newest says it all). If no callback comes
-for `PollPolicy.callback_grace` seconds, the job polls once, then every `max_interval`, until a
-callback or the result arrives: a lost callback costs a few lookups, never the job.
+The job's `Subscription` (`_inbox`) collects its callbacks. If none comes for
+`PollPolicy.callback_grace` seconds, the job polls once, then every `max_interval`, until a callback
+or the result arrives: a lost callback costs a few lookups, never the job.
 """
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from typing import Generic, TypeVar
 
-import anyio
-
+from ._engine import Engine
+from ._inbox import Subscription
 from ._models.results import Result
 from ._poller import PollCursor
-from ._providers import CallbackTarget, Provider
 
-if TYPE_CHECKING:
-    from ._job import Core
+__all__ = ["CallbackFollower"]
 
-__all__ = ["CallbackFollower", "CallbackInbox", "CallbackRouter"]
-
+#: A job's final result type, and the updates it reports on the way.
 R = TypeVar("R", bound=Result)
-
-#: Progress updates an inbox holds before dropping the oldest.
-_MAX_QUEUED = 32
+U = TypeVar("U", bound=Result)
 
 
-class CallbackInbox(Generic[R]):
-    """Where one job's callbacks land, decoded by its provider, until the job has read them."""
-
-    def __init__(
-        self, provider: Provider, kind: type[R], *, sleep: Callable[[float], Awaitable[None]] = anyio.sleep
-    ) -> None:
-        self._provider = provider
-        self._kind = kind
-        self._sleep = sleep
-        self._queued: deque[R] = deque(maxlen=_MAX_QUEUED)
-        self._final: R | None = None
-        self._final_read = False
-        #: The wait in `next`, which a callback arriving cuts short.
-        self._waiting: anyio.CancelScope | None = None
-        #: The job's task id, once its submit has answered; callbacks for another task are ignored.
-        self.task_id: str | None = None
-        #: Callbacks taken (not counting ignored ones).
-        self.received = 0
-
-    @property
-    def secret_header(self) -> str | None:
-        """The header the provider sends our secret back in (None: it sends none)."""
-        return self._provider.callback_secret_header
-
-    def deliver(self, body: bytes) -> bool:
-        """Take one callback body; False (ignored) unless it names the task this job waits for.
-
-        Every callback of either provider names its task: one that names none, or another task than
-        the job's (once known), is nobody's result and resolves nothing. Before the submit has
-        answered, a named task's callbacks are kept until `expect` sorts them out.
-        Raises `ResponseDecodeError` if the body is not the provider's callback.
-        """
-        update = self._provider.decode_callback(self._kind, body)
-        if not update.task_id or (self.task_id is not None and update.task_id != self.task_id):
-            return False
-        self.received += 1
-        if self._final is not None:
-            return True  # a repeat (the provider retries until acknowledged)
-        if update.failed or update.is_final:
-            self._final = update
-        else:
-            self._queued.append(update)
-        if self._waiting is not None:
-            self._waiting.cancel()
-        return True
-
-    def expect(self, task_id: str) -> None:
-        """The job's task id is known now: drop anything that arrived for another task."""
-        self.task_id = task_id
-        self._queued = deque((u for u in self._queued if u.task_id in (None, task_id)), maxlen=_MAX_QUEUED)
-        if self._final is not None and self._final.task_id not in (None, task_id):
-            self._final = None
-
-    async def next(self, within: float | None) -> R | None:
-        """The next update that came by callback (progress first, then the final); None after `within` s."""
-        update = self._take()
-        if update is not None:
-            return update
-        with anyio.CancelScope() as self._waiting:
-            try:
-                await (anyio.sleep_forever() if within is None else self._sleep(within))
-            finally:
-                self._waiting = None
-        return self._take()
-
-    def _take(self) -> R | None:
-        if self._queued:
-            return self._queued.popleft()
-        if self._final is not None and not self._final_read:
-            self._final_read = True
-            return self._final
-        return None
-
-
-class CallbackRouter(Protocol):
-    """Gives each job an address its provider can call back (implemented by `mjasync.WebhookReceiver`)."""
-
-    def open_route(
-        self, inbox: CallbackInbox[Any], *, progress: bool, ttl: float | None
-    ) -> tuple[CallbackTarget, Callable[[], None]]:
-        """A callback target for `inbox`, and the function that closes it (idempotent).
-
-        An open route expires by itself after `ttl` seconds (None: never), so a job nobody waits on
-        leaves nothing behind.
-        """
-        ...
-
-
-class CallbackFollower(Generic[R]):
+class CallbackFollower(Generic[R, U]):
     """Follows one task by its callbacks; polls through `cursor` only while they stay away.
 
     Same face as `PollCursor`: `next()` gives a newer update or the final result, `done` says it is over.
     """
 
-    def __init__(
-        self, core: Core, inbox: CallbackInbox[R], cursor: PollCursor[R], close: Callable[[], None]
-    ) -> None:
-        self._core = core
-        self._inbox = inbox
+    def __init__(self, engine: Engine, subscription: Subscription[U], cursor: PollCursor[R, U]) -> None:
+        self._engine = engine
+        self._subscription = subscription
+        self._inbox = subscription.inbox
         self._cursor = cursor
-        self._close = close
-        self._quiet = core.poll.callback_grace
+        self._quiet = engine.poll.callback_grace
         #: Lookups made because callbacks were late.
         self.polls = 0
 
@@ -141,39 +41,44 @@ class CallbackFollower(Generic[R]):
         """True once the final result has been returned."""
         return self._cursor.done
 
-    async def next(self) -> R:
+    @property
+    def final(self) -> R | None:
+        """The final result, once returned."""
+        return self._cursor.final
+
+    async def next(self) -> U | R:
         """The next update worth reporting; raises `JobFailedError` or `WaitTimeoutError` like `PollCursor`."""
         if self.done:
             raise RuntimeError("the task already finished")
         try:
             update = await self._next()
         except BaseException:
-            self._close()
+            self._subscription.close()
             raise
         if self._cursor.done:
-            self._close()
+            self._subscription.close()
         return update
 
-    async def _next(self) -> R:
+    async def _next(self) -> U | R:
         deadline_at = self._cursor.deadline_at
         while True:
             wait = self._quiet
             if deadline_at is not None:
-                wait = min(wait, deadline_at - self._core.clock())
+                wait = min(wait, deadline_at - self._engine.clock())
                 if wait <= 0:
                     raise self._cursor.timed_out()
             update = await self._inbox.next(within=wait)
             if update is not None:
                 offered = self._cursor.offer(update)
                 if offered is not None:
-                    self._quiet = self._core.poll.callback_grace  # callbacks are flowing again
+                    self._quiet = self._engine.poll.callback_grace  # callbacks are flowing again
                     return offered
                 continue
-            if deadline_at is not None and self._core.clock() >= deadline_at:
+            if deadline_at is not None and self._engine.clock() >= deadline_at:
                 raise self._cursor.timed_out()
             # Quiet for too long: the callback may be lost. Look once, and keep listening.
             self.polls += 1
             polled = await self._cursor.check()
-            self._quiet = self._core.poll.max_interval
+            self._quiet = self._engine.poll.max_interval
             if polled is not None:
                 return polled

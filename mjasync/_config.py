@@ -1,18 +1,21 @@
 """Leaf layer: client options as small frozen value objects, and every default in one place."""
 
 import math
-from typing import Literal
+from typing import Final, Literal, get_args
 
 import msgspec
 
 from ._exceptions import InvalidRequestError
+from ._types import WaitVia
 
 __all__ = [
     "DEFAULT_BASE_URL",
+    "DEFAULT_MAX_DOWNLOAD_BYTES",
     "DEFAULT_MAX_LINE_BYTES",
     "DEFAULT_MAX_RESPONSE_BYTES",
     "ENV_API_KEY",
     "ENV_BASE_URL",
+    "ClientSettings",
     "Limits",
     "PollPolicy",
     "RetryPolicy",
@@ -29,7 +32,9 @@ ENV_BASE_URL = "MJASYNC_BASE_URL"
 DEFAULT_MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 #: An ndjson progress line bigger than this ends the stream with LineTooLongError.
 DEFAULT_MAX_LINE_BYTES = 8 * 1024 * 1024
-#: AceData's own default for the server-side `timeout` of a synchronous call.
+#: Result files bigger than this are refused unless the caller raises the limit.
+DEFAULT_MAX_DOWNLOAD_BYTES: Final = 64 * 1024 * 1024
+#: AceData's own default for the server-side `timeout` of a synchronous call (`server_wait=`).
 DEFAULT_SERVER_TIMEOUT = 480.0
 
 
@@ -51,7 +56,8 @@ class Timeouts(msgspec.Struct, kw_only=True, frozen=True):
     """Time limits for requests, in seconds.
 
     `read` is an idle limit: the longest gap between two reads. A synchronous long-wait call stretches
-    it to the server-side `timeout` it sends plus `long_wait_margin`, so the server gives up first.
+    it to the server-side wait it sends (a job's `server_wait`) plus `long_wait_margin`, so the server
+    gives up first.
 
     `total` is the overall budget of one call, retries included, so a slow drip cannot multiply it:
     a lookup, describe, translate, shorten or seed, or an asynchronous submit (`job.submit()`, and the
@@ -239,3 +245,35 @@ class RetryPolicy(msgspec.Struct, kw_only=True, frozen=True):
             raise InvalidRequestError(
                 f"RetryPolicy.on_ambiguous_submit must be 'raise' or 'resubmit', got {self.on_ambiguous_submit!r}"
             )
+
+
+class ClientSettings(msgspec.Struct, kw_only=True, frozen=True):
+    """A client's options, checked: what `Client.with_options` starts from and changes.
+
+    The API key, base URL, connection pool and webhook receiver are not here: they are what a derived
+    client shares with (or takes instead of) the one it came from.
+    """
+
+    provider: str
+    timeouts: Timeouts = Timeouts()
+    limits: Limits = Limits()
+    poll: PollPolicy = PollPolicy()
+    retry: RetryPolicy = RetryPolicy()
+    #: Sent with every request to the provider (checked by the client: names and values headers can carry).
+    default_headers: dict[str, str] = msgspec.field(default_factory=dict)
+    wait_via: WaitVia = "stream"
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+    #: Checked by the client (`check_max_prompt_chars`), whose default it takes (`MAX_PROMPT_CHARS`).
+    max_prompt_chars: int
+
+    def __post_init__(self) -> None:
+        if self.wait_via not in _WAIT_VIAS:
+            raise InvalidRequestError(f"wait_via must be one of {_WAIT_VIAS}, not {self.wait_via!r}")
+        for name in ("max_line_bytes", "max_response_bytes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1024:
+                raise InvalidRequestError(f"{name} must be an int of at least 1024, got {value!r}")
+
+
+_WAIT_VIAS: Final = get_args(WaitVia)

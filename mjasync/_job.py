@@ -1,82 +1,51 @@
-"""Client layer: a long-running job (imagine, edits, videos) and the three ways to get its result."""
+"""Client floor: a long-running job (imagine, edits, videos) and the three ways to get its result."""
 
 from __future__ import annotations
 
-import time
 import warnings
-from collections.abc import Awaitable, Callable, Generator
-from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from collections.abc import Callable, Generator
+from typing import Any, Generic, TypeAlias, TypeVar
 
-import anyio
-
-from ._attempts import (
-    KnownTasks,
-    Resumed,
-    SendRecord,
-    call_with_retries,
-    submit_for_task_id,
-    submit_with_retries,
-    with_retries_taken,
+from ._attempts import SendRecord
+from ._callbacks import CallbackFollower
+from ._config import DEFAULT_SERVER_TIMEOUT
+from ._engine import Engine, Resumed, with_retries_taken
+from ._exceptions import InvalidRequestError, ResponseDecodeError
+from ._inbox import Subscription
+from ._models.requests import AnyRequest, JobRequest
+from ._models.results import (
+    EditsResult,
+    EditsUpdate,
+    ImagineResult,
+    ImagineUpdate,
+    Result,
+    VideoResult,
+    VideoUpdate,
+    finalize,
 )
-from ._callbacks import CallbackFollower, CallbackInbox, CallbackRouter
-from ._config import DEFAULT_SERVER_TIMEOUT, PollPolicy, RetryPolicy
-from ._exceptions import InvalidRequestError, ResponseDecodeError, StreamInterruptedError
-from ._limiter import JobLimiter
-from ._models.requests import JobRequest
-from ._models.results import Result
 from ._models.task import TaskRecord
-from ._poller import PollCursor, TaskPoller
-from ._providers import CallbackTarget, Provider
+from ._poller import PollCursor
 from ._redact import redact
 from ._stream import JobStream
-from ._transport import Transport
 from ._types import NOT_GIVEN, NotGiven, WaitVia
 
-__all__ = ["Core", "Job", "TaskHandle", "TaskUpdates"]
+__all__ = [
+    "EditsJob",
+    "ImagineHandle",
+    "ImagineJob",
+    "Job",
+    "TaskHandle",
+    "TaskUpdates",
+    "VideoJob",
+    "short_call",
+]
 
+#: A job's final result type, and the updates it reports on the way (`ImagineResult`, `ImagineUpdate`).
 R = TypeVar("R", bound=Result)
+U = TypeVar("U", bound=Result)
 
 
-@dataclass(frozen=True, eq=False)
-class Core:
-    """What jobs, streams and handles share with the client that made them."""
-
-    provider: Provider
-    transport: Transport
-    poller: TaskPoller
-    poll: PollPolicy
-    retry: RetryPolicy
-    limiter: JobLimiter
-    max_line_bytes: int
-    wait_via: WaitVia
-    known_tasks: KnownTasks = field(default_factory=KnownTasks)
-    #: The time every wait below the client reads (`time.monotonic()`), and how it sleeps: tests
-    #: inject a clock they move themselves.
-    clock: Callable[[], float] = time.monotonic
-    sleep: Callable[[float], Awaitable[None]] = anyio.sleep
-    #: Where jobs that wait by callback get their address (a `WebhookReceiver`), if anywhere.
-    callbacks: CallbackRouter | None = None
-
-    def open_inbox(
-        self, kind: type[R], request: JobRequest, *, progress: bool
-    ) -> tuple[CallbackInbox[R] | None, CallbackTarget | None, Callable[[], None]]:
-        """An inbox, its callback target and its closer, when this job can hear by callback.
-
-        Not when there is no router, or when the request names its own `callback_url` (yours wins).
-        """
-        if self.callbacks is None or request.callback_url is not None:
-            return None, None, _nothing
-        inbox = CallbackInbox(self.provider, kind, sleep=self.sleep)
-        target, close = self.callbacks.open_route(inbox, progress=progress, ttl=self.poll.deadline)
-        return inbox, target, close
-
-
-def _nothing() -> None:
-    pass
-
-
-class Job(Generic[R]):
+class Job(Generic[R, U]):
     """A long-running request, built and validated but not sent yet. It is sent exactly once.
 
     - `await job` (or `await job.result(via=...)`) gives the final result;
@@ -97,14 +66,15 @@ class Job(Generic[R]):
     #: (a refused one never was a job), and no more once it is sent, handed over or closed.
     _owes_send = False
 
-    def __init__(self, core: Core, kind: type[R], request: JobRequest) -> None:
-        core.provider.check(request)
-        self._core = core
+    def __init__(self, engine: Engine, kind: type[R], update_type: type[U], request: JobRequest) -> None:
+        # `request` comes from a `_requests` builder, which has checked it with the provider already.
+        self._engine = engine
         self._kind = kind
+        self._update_type = update_type
         self._request = request
         self._sent = False
         self._closed = False
-        self._record = SendRecord(core.poll.deadline)
+        self._record = SendRecord(engine.poll.deadline, clock=engine.clock)
         self._owes_send = True
 
     def __del__(self) -> None:
@@ -164,7 +134,7 @@ class Job(Generic[R]):
     def __await__(self) -> Generator[Any, None, R]:
         return self.result().__await__()
 
-    def __aiter__(self) -> JobStream[R]:
+    def __aiter__(self) -> JobStream[R, U]:
         return self.stream()
 
     async def result(
@@ -179,15 +149,15 @@ class Job(Generic[R]):
         to its result. `WaitTimeoutError` is raised `PollPolicy.deadline` seconds after the first send.
         """
         self._owes_send = False  # awaited: a refusal below is the caller's news, not a silent loss
-        core = self._core
+        engine = self._engine
         asked = via
-        via = via or core.wait_via
+        via = via or engine.wait_via
         if via not in ("stream", "poll", "sync", "callback"):
             raise InvalidRequestError(f"via must be 'stream', 'poll', 'sync' or 'callback', not {via!r}")
         if via == "callback" and asked is None and self._request.callback_url is not None:
             via = "poll"  # the client's default; this job's callbacks go to your own URL
         if via == "callback":
-            if core.callbacks is None:
+            if engine.callbacks is None:
                 raise InvalidRequestError(
                     "via='callback' needs a receiver: Client(webhooks=WebhookReceiver(...))"
                 )
@@ -195,7 +165,7 @@ class Job(Generic[R]):
                 raise InvalidRequestError(
                     "this job sends its callbacks to its own callback_url; wait via 'poll', or drop callback_url"
                 )
-        if via == "sync" and not core.provider.long_waits:
+        if via == "sync" and not engine.provider.long_waits:
             via = "poll"
         if not self._sent:  # a second use raises below, and must not take over the first's listener
             self._record.on_task_id = on_task_id
@@ -203,14 +173,8 @@ class Job(Generic[R]):
             async with self.stream() as updates:
                 async for _ in updates:
                     pass
-            if updates.final is None:
-                raise StreamInterruptedError(
-                    "the updates ended without a final result",
-                    task_id=updates.task_id,
-                    last_update=updates.last,
-                )
-            return updates.final
-        async with self._core.limiter.slot(self):
+            return updates.final  # raises `StreamInterruptedError` if the updates ended without it
+        async with self._engine.limiter.slot(self):
             if via in ("poll", "callback"):
                 with self._record.bounded():
                     handle = await self._submit(callbacks=via == "callback")
@@ -218,10 +182,10 @@ class Job(Generic[R]):
             else:
                 # Bounded by the job's deadline without a cancel scope on the usual path (`_long_wait`).
                 result = await self._long_wait()
-            self._core.limiter.succeeded()  # while the slot is held: its level counts this job
+            self._engine.limiter.succeeded()  # while the slot is held: its level counts this job
         return result
 
-    def stream(self) -> JobStream[R]:
+    def stream(self) -> JobStream[R, U]:
         """Send the job and iterate its progress updates (AceData: an ndjson stream).
 
         If the stream breaks after its first line, the same iterator carries on by polling the task:
@@ -230,22 +194,21 @@ class Job(Generic[R]):
         and its progress callbacks feed the iterator; polling is only the fallback.
         """
         self._claim()
-        core = self._core
-        inbox, target, close = core.open_inbox(self._kind, self._request, progress=True)
-        wire = core.provider.job_request(self._request, via="stream", callback=target)
+        engine = self._engine
+        subscription = engine.subscribe(self._update_type, self._request, progress=True)
+        target = None if subscription is None else subscription.target
+        wire = engine.provider.job_request(self._request, via="stream", callback=target)
         return JobStream(
-            core,
+            engine,
             self._kind,
+            self._update_type,
             self._request,
-            wire.path,
-            wire.body,
-            wire.headers,
+            wire,
             record=self._record,
-            inbox=inbox,
-            close_route=close,
+            subscription=subscription,
         )
 
-    async def submit(self) -> TaskHandle[R]:
+    async def submit(self) -> TaskHandle[R, U]:
         """Send the job asynchronously and return its handle at once.
 
         With a `WebhookReceiver` on the client (and no `callback_url` of your own) the provider is
@@ -255,48 +218,48 @@ class Job(Generic[R]):
         """
         return await self._submit(callbacks=True)
 
-    async def _submit(self, *, callbacks: bool) -> TaskHandle[R]:
+    async def _submit(self, *, callbacks: bool) -> TaskHandle[R, U]:
         self._claim()
-        core = self._core
-        inbox, target, close = (
-            core.open_inbox(self._kind, self._request, progress=False)
-            if callbacks
-            else (None, None, _nothing)
+        engine = self._engine
+        subscription = (
+            engine.subscribe(self._update_type, self._request, progress=False) if callbacks else None
         )
-        via: WaitVia = "callback" if target is not None else "poll"
-        wire = core.provider.job_request(self._request, via=via, callback=target)
+        if subscription is None:
+            wire = engine.provider.job_request(self._request, via="poll")
+        else:
+            wire = engine.provider.job_request(self._request, via="callback", callback=subscription.target)
         try:
-            task_id, retries = await submit_for_task_id(
-                core, wire.path, wire.body, wire.headers, self._request, record=self._record
-            )
+            attempted = await engine.submit_for_task_id(wire, self._request, log=self._record)
         except BaseException:
-            close()
+            if subscription is not None:
+                subscription.close()
             raise
-        if inbox is not None:
-            inbox.expect(task_id)
+        if subscription is not None:
+            subscription.expect(attempted.value)
         return TaskHandle(
-            core,
+            engine,
             self._kind,
-            task_id,
-            first_poll_delay=core.poll.initial_interval,
-            retries_taken=retries,
-            inbox=inbox,
-            close_route=close,
+            self._update_type,
+            attempted.value,
+            first_poll_delay=engine.poll.initial_interval,
+            retries_taken=attempted.retries_taken,
+            subscription=subscription,
             record=self._record,
         )
 
     async def _long_wait(self) -> R:
         self._claim()
-        core = self._core
-        wire = core.provider.job_request(self._request, via="sync")
+        engine = self._engine
+        transport, provider = engine.transport, engine.provider
+        wire = provider.job_request(self._request, via="sync")
         path = wire.path
         server_timeout = self._request.timeout or DEFAULT_SERVER_TIMEOUT
         # Read longer than the server waits, so its 504 (which keeps the task retrievable) arrives first.
-        read = server_timeout + core.transport.timeouts.long_wait_margin
+        read = server_timeout + transport.timeouts.long_wait_margin
 
         async def send() -> R:
             # The request's own overall timeout ends it at the job's deadline (the first send is noted).
-            answer = await core.transport.post(
+            answer = await transport.post(
                 path,
                 wire.body,
                 headers=wire.headers,
@@ -305,32 +268,38 @@ class Job(Generic[R]):
             )
             # Read inside the attempt: an answer that cannot be decoded (or that is not final) came
             # from a server that got the submit, so its task is looked up rather than lost.
-            result = core.provider.decode_result(self._kind, answer.body, request=f"POST {path}")
-            if result.failed:
-                raise core.provider.job_failed(result, request=f"POST {path}")
-            if not result.is_final:
+            update = provider.decode_result(self._update_type, answer.body, request=f"POST {path}")
+            if update.failed:
+                raise provider.job_failed(update, request=f"POST {path}")
+            if not update.is_final:
                 raise ResponseDecodeError(
                     "synchronous call answered before the job finished",
                     body=answer.body,
-                    task_id=result.task_id,
+                    task_id=update.task_id,
                 )
-            return result
+            return finalize(self._kind, update)
 
         # The wait itself is the answer, so no `Timeouts.total` budget: the job's deadline bounds it,
-        # the request itself and every other wait in `submit_with_retries`; a resumed one by polling.
-        answer, retries = await submit_with_retries(
-            core, send, self._request, record=self._record, budget=None
-        )
+        # the request itself and every other wait in `Engine.submit`; a resumed one by polling.
+        attempted = await engine.submit(send, self._request, log=self._record, budget=None)
+        answer, retries = attempted.value, attempted.retries_taken
         if isinstance(answer, Resumed):
             # The long wait was cut short (a 504, a dropped connection) but the task exists: poll it,
             # within the deadline that started with the first send.
-            core.known_tasks.add(answer.task_id)
+            engine.known_tasks.add(answer.task_id)
             self._record.accept(answer.task_id)
-            handle = TaskHandle(core, self._kind, answer.task_id, retries_taken=retries, record=self._record)
+            handle = TaskHandle(
+                engine,
+                self._kind,
+                self._update_type,
+                answer.task_id,
+                retries_taken=retries,
+                record=self._record,
+            )
             return await handle.wait()
         result = answer
         if result.task_id:
-            core.known_tasks.add(result.task_id)
+            engine.known_tasks.add(result.task_id)
             self._record.accept(result.task_id)
         return with_retries_taken(result, retries)
 
@@ -362,7 +331,7 @@ def _call_of(kind: type[Result], request: JobRequest) -> str:
     return f"{name}({text!r})"
 
 
-class TaskHandle(Generic[R]):
+class TaskHandle(Generic[R, U]):
     """A submitted job, known by its `task_id`: wait on it, follow its progress, or read its record.
 
     Waiting polls the tasks endpoint when the job's progress says it is likely done (see
@@ -374,21 +343,21 @@ class TaskHandle(Generic[R]):
 
     def __init__(
         self,
-        core: Core,
+        engine: Engine,
         kind: type[R],
+        update_type: type[U],
         task_id: str,
         *,
         first_poll_delay: float = 0.0,
         retries_taken: int = 0,
-        inbox: CallbackInbox[R] | None = None,
-        close_route: Callable[[], None] = _nothing,
+        subscription: Subscription[U] | None = None,
         record: SendRecord | None = None,
     ) -> None:
-        self._core = core
+        self._engine = engine
         self._kind = kind
+        self._update_type = update_type
         self._first_poll_delay = first_poll_delay
-        self._inbox = inbox
-        self._close_route = close_route
+        self._subscription = subscription
         #: Where the default deadline counts from: the job's first send, else the first wait.
         self._started_at = record.sent_clock if record is not None else None
         #: The provider's id for this job.
@@ -402,15 +371,14 @@ class TaskHandle(Generic[R]):
     def __await__(self) -> Generator[Any, None, R]:
         return self.wait().__await__()
 
-    async def record(self) -> TaskRecord[R]:
+    async def record(self) -> TaskRecord[U]:
         """The task record as it stands now."""
-        core = self._core
-        wire = core.provider.task_request(self.task_id)
-        response = await call_with_retries(core, lambda: core.transport.post(wire.path, wire.body))
-        record: TaskRecord[R] = core.provider.decode_task(response.body, self._kind)
+        provider = self._engine.provider
+        response = await self._engine.post(provider.task_request(self.task_id))
+        record: TaskRecord[U] = provider.decode_task(response.value.body, self._update_type)
         return record
 
-    def updates(self, *, deadline: float | NotGiven | None = NOT_GIVEN) -> TaskUpdates[R]:
+    def updates(self, *, deadline: float | NotGiven | None = NOT_GIVEN) -> TaskUpdates[R, U]:
         """Iterate the task's progress by polling: each newer update, then the final result.
 
         `deadline` (seconds from now; None for none) defaults to the client's `PollPolicy.deadline`
@@ -418,28 +386,24 @@ class TaskHandle(Generic[R]):
         """
         if isinstance(deadline, NotGiven):
             if self._started_at is None:
-                self._started_at = self._core.clock()
-            limit, started_at = self._core.poll.deadline, self._started_at
+                self._started_at = self._engine.clock()
+            limit, started_at = self._engine.poll.deadline, self._started_at
         else:
             limit, started_at = deadline, None
         cursor = PollCursor(
-            self._core,
+            self._engine,
             self._kind,
+            self._update_type,
             self.task_id,
             first_poll_delay=self._first_poll_delay,
             deadline=limit,
             started_at=started_at,
         )
-        if self._inbox is None:
+        subscription = self._subscription
+        if subscription is None or subscription.closed:
+            # Once a wait by callback is over (or given up on), its route is closed: later waits poll.
             return TaskUpdates(cursor, self.retries_taken)
-        return TaskUpdates(
-            CallbackFollower(self._core, self._inbox, cursor, self._stop_listening), self.retries_taken
-        )
-
-    def _stop_listening(self) -> None:
-        # Once over (or given up on), later waits poll: the route is gone.
-        self._inbox = None
-        self._close_route()
+        return TaskUpdates(CallbackFollower(self._engine, subscription, cursor), self.retries_taken)
 
     async def wait(self, *, deadline: float | NotGiven | None = NOT_GIVEN) -> R:
         """Wait until the job finishes (by callback if it was submitted with one, else by polling) and
@@ -449,25 +413,72 @@ class TaskHandle(Generic[R]):
         counted from the job's first send; when it runs out, `WaitTimeoutError` is raised and the job
         may still finish later. A task the provider keeps not knowing raises `TaskNotFoundError`.
         """
-        result: R | None = None
-        async for update in self.updates(deadline=deadline):
-            result = update
-        assert result is not None
-        return result
+        updates = self.updates(deadline=deadline)
+        async for _ in updates:
+            pass
+        return updates.final
 
 
-class TaskUpdates(Generic[R]):
-    """An async iterator over a task's polled updates, ending with its final result."""
+class TaskUpdates(Generic[R, U]):
+    """An async iterator over a task's polled updates, ending with its final result (also in `final`)."""
 
-    def __init__(self, cursor: PollCursor[R] | CallbackFollower[R], retries_taken: int) -> None:
+    def __init__(self, cursor: PollCursor[R, U] | CallbackFollower[R, U], retries_taken: int) -> None:
         self._cursor = cursor
         self._retries_taken = retries_taken
+        self._final: R | None = None
 
-    def __aiter__(self) -> TaskUpdates[R]:
+    def __aiter__(self) -> TaskUpdates[R, U]:
         return self
 
-    async def __anext__(self) -> R:
+    async def __anext__(self) -> U | R:
         if self._cursor.done:
             raise StopAsyncIteration
         update = await self._cursor.next()
-        return with_retries_taken(update, self._retries_taken) if self._cursor.done else update
+        final = self._cursor.final
+        if final is None:
+            return update
+        self._final = final = with_retries_taken(final, self._retries_taken)
+        return final
+
+    @property
+    def final(self) -> R:
+        """The final result, once it has arrived; raises `RuntimeError` before then."""
+        if self._final is None:
+            raise RuntimeError("the task has not finished yet: iterate the updates to the end first")
+        return self._final
+
+
+async def short_call(engine: Engine, request: AnyRequest, kind: type[R]) -> R:
+    """A short call (describe, shorten, translate, seed): one idempotent POST and its result.
+
+    A provider that runs it as a task (GoAPI's describe and seed) is submitted once and waited on, with
+    a deadline counted from the submit as a job's is, holding an in-flight slot like a job.
+    """
+    provider = engine.provider
+    call = provider.call_request(request)
+    if call.as_task:
+        record = SendRecord(engine.poll.deadline, clock=engine.clock)
+        async with engine.limiter.slot(request):
+            attempted = await engine.submit_for_task_id(call, request, log=record)
+            handle = TaskHandle(
+                engine,
+                kind,
+                kind,
+                attempted.value,
+                first_poll_delay=engine.poll.initial_interval,
+                retries_taken=attempted.retries_taken,
+                record=record,
+            )
+            return await handle.wait()
+    response = await engine.post(call)
+    result = provider.decode_result(kind, response.value.body, request=f"POST {call.path}")
+    if result.failed:
+        raise provider.job_failed(result, request=f"POST {call.path}")
+    return with_retries_taken(result, response.retries_taken)
+
+
+#: The jobs and handles the client makes, by what they give: aliases to annotate with.
+ImagineJob: TypeAlias = Job[ImagineResult, ImagineUpdate]
+EditsJob: TypeAlias = Job[EditsResult, EditsUpdate]
+VideoJob: TypeAlias = Job[VideoResult, VideoUpdate]
+ImagineHandle: TypeAlias = TaskHandle[ImagineResult, ImagineUpdate]

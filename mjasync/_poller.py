@@ -1,16 +1,10 @@
-"""Client layer: many waiting jobs share one task lookup per round (`retrieve_batch`), not one each.
+"""Client floor: following one task by polling — when to look next, and what a lookup shows.
 
-There is no background task: the first waiter of a round leads it. It lingers for a short window so
-that others can join, then fetches every id gathered and hands each waiter its record. A waiter that
-arrives while a fetch is in flight starts (or joins) the next round.
-
-Jobs rarely fall due at the same moment (they were submitted at different times, their intervals
-carry jitter, progress shortens them), so a window alone gathers a few ids per lookup. A round with
-room left therefore also takes the waiters that are still sleeping but within `EARLY_SHARE` of their
-interval from due, soonest due first, up to `max_batch`: their lookup comes a little early, riding in
-a request that goes out anyway, and no lookup ever comes later than it would have. A job's first
-lookup never rides early: it comes the documented `initial_interval` after the submit, so a job done
-by then is found by it (early, it would find the job running, and the next would come a wait later).
+Each lookup goes through the engine (`Engine.look_up`), which shares one batched request per round
+among every job waiting (`_lookups`). A round with room also takes waiters within `EARLY_SHARE` of
+their interval from due. A job's first lookup never rides early: it comes the documented
+`initial_interval` after the submit, so a job done by then is found by it (early, it would find the
+job running, and the next would come a wait later).
 
 When each job's lookups come is its `PollSchedule`'s say, a pure function of what its lookups have
 shown and the time (`observe`, `next_delay`): the progress and its pace. Until a job has moved twice
@@ -27,14 +21,13 @@ from __future__ import annotations
 
 import math
 import random
-import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import anyio
 
 from ._config import PollPolicy
+from ._engine import Engine
 from ._exceptions import (
     BadRequestError,
     JobFailedError,
@@ -44,12 +37,9 @@ from ._exceptions import (
     TaskNotFoundError,
     WaitTimeoutError,
 )
-from ._models.results import Result
+from ._models.results import Result, finalize
 from ._models.task import TaskRecord
 from ._retry import phase_of
-
-if TYPE_CHECKING:
-    from ._job import Core
 
 __all__ = [
     "EARLY_SHARE",
@@ -57,17 +47,16 @@ __all__ = [
     "PROBE_SHARE",
     "PollCursor",
     "PollSchedule",
-    "TaskPoller",
     "finish_estimate",
     "next_delay",
     "observe",
     "unanswered",
 ]
 
+#: A job's final result type, and the updates it reports on the way (`ImagineResult`, `ImagineUpdate`).
 R = TypeVar("R", bound=Result)
+U = TypeVar("U", bound=Result)
 
-#: Fetches the records of some task ids: undecoded bodies by task id (missing ids are left out).
-FetchRecords = Callable[[list[str]], Awaitable[dict[str, bytes]]]
 
 #: A waiting job's lookup may come this share of its interval early, in a round that has room.
 EARLY_SHARE = 0.5
@@ -170,147 +159,7 @@ def next_delay(schedule: PollSchedule, now: float, poll: PollPolicy) -> float:
 # --- the shared poller ---------------------------------------------------------------------------------
 
 
-class _Round:
-    __slots__ = ("done", "error", "fetched", "ids", "records")
-
-    def __init__(self) -> None:
-        self.ids: dict[str, None] = {}
-        self.done = anyio.Event()
-        self.records: dict[str, bytes] = {}
-        self.fetched = False
-        self.error: Exception | None = None
-
-
-class _Sleeper:
-    """A waiter whose lookup is not due yet; a round with room may take it early (then `joined` is set,
-    and its sleep is cut short by cancelling `woken`)."""
-
-    __slots__ = ("due", "earliest", "joined", "task_id", "woken")
-
-    def __init__(self, task_id: str, earliest: float, due: float, woken: anyio.CancelScope) -> None:
-        self.task_id = task_id
-        self.earliest = earliest
-        self.due = due
-        self.joined: _Round | None = None
-        self.woken = woken
-
-
-def _due(sleeper: _Sleeper) -> float:
-    return sleeper.due
-
-
-class TaskPoller:
-    """Coalesces concurrent task lookups into batched fetches.
-
-    Every wait reads `clock` and sleeps with `sleep` (the client's; tests inject time they move).
-    """
-
-    def __init__(
-        self,
-        fetch: FetchRecords,
-        *,
-        window: float,
-        max_batch: int,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
-    ) -> None:
-        self._fetch = fetch
-        self._window = window
-        self._max_batch = max_batch
-        self._clock = clock
-        self._sleep_for = sleep
-        self._gathering: _Round | None = None
-        #: Waiters not due yet, which a round with room may take early.
-        self._sleeping: dict[_Sleeper, None] = {}
-        #: How many fetches have been made, and for how many ids in all (for tests and benchmarks).
-        self.fetches = 0
-        self.ids_fetched = 0
-
-    async def poll(self, task_id: str, *, delay: float = 0.0, early: float = 0.0) -> bytes | None:
-        """The undecoded record of `task_id`, fetched `delay` seconds from now; None if the provider has none.
-
-        A round that goes out with room to spare may take it up to `early` seconds sooner (never
-        before this call began); it is never fetched later than `delay` plus the batch window.
-        """
-        if delay > 0:
-            joined = await self._sleep(task_id, delay, min(max(early, 0.0), delay))
-            if joined is not None:
-                await joined.done.wait()
-                if joined.fetched:
-                    return joined.records.get(task_id)
-                if joined.error is not None:
-                    raise joined.error
-                # The round's leader was cancelled before it fetched: take part in a new round.
-        while True:
-            current = self._gathering
-            leading = current is None or len(current.ids) >= self._max_batch
-            if leading:
-                current = self._gathering = _Round()
-            assert current is not None
-            current.ids[task_id] = None
-            if leading:
-                return await self._lead(current, task_id)
-            await current.done.wait()
-            if current.fetched:
-                return current.records.get(task_id)
-            if current.error is not None:
-                raise current.error
-            # The leader was cancelled before it fetched: take part in a new round.
-
-    async def _sleep(self, task_id: str, delay: float, early: float) -> _Round | None:
-        """Sleep until due, unless a round takes this lookup early: then that round."""
-        now = self._clock()
-        with anyio.CancelScope() as woken:
-            sleeper = _Sleeper(task_id, now + delay - early, now + delay, woken)
-            self._sleeping[sleeper] = None
-            try:
-                await self._sleep_for(delay)
-            finally:
-                self._sleeping.pop(sleeper, None)
-        return sleeper.joined
-
-    def _take_early(self, current: _Round) -> None:
-        """Fill `current` with the sleepers within reach of due, soonest due first, up to `max_batch`."""
-        if not self._sleeping:
-            return
-        room = self._max_batch - len(current.ids)
-        now = self._clock()
-        ready = sorted((sleeper for sleeper in self._sleeping if sleeper.earliest <= now), key=_due)
-        # Sleepers whose task is in the round already ride free; the rest need room.
-        for sleeper in ready:
-            if sleeper.task_id not in current.ids:
-                if room <= 0:
-                    continue
-                room -= 1
-                current.ids[sleeper.task_id] = None
-            del self._sleeping[sleeper]
-            sleeper.joined = current
-            sleeper.woken.cancel()
-
-    async def _lead(self, current: _Round, task_id: str) -> bytes | None:
-        try:
-            try:
-                if self._window > 0:
-                    await self._sleep_for(self._window)
-            finally:
-                if self._gathering is current:
-                    self._gathering = None
-            self._take_early(current)
-            ids = list(current.ids)
-            self.fetches += 1
-            self.ids_fetched += len(ids)
-            try:
-                current.records = await self._fetch(ids)
-            except Exception as exc:
-                current.error = exc
-                raise
-            current.fetched = True
-            return current.records.get(task_id)
-        finally:
-            current.done.set()
-
-
-class PollCursor(Generic[R]):
+class PollCursor(Generic[R, U]):
     """Follows one task by polling: each `next()` gives a newer progress update, or the final result.
 
     Lookups go through the client's shared poller (one `retrieve_batch` serves every waiting task),
@@ -324,8 +173,9 @@ class PollCursor(Generic[R]):
 
     def __init__(
         self,
-        core: Core,
+        engine: Engine,
         kind: type[R],
+        update_type: type[U],
         task_id: str,
         *,
         first_poll_delay: float = 0.0,
@@ -333,24 +183,27 @@ class PollCursor(Generic[R]):
         deadline: float | None = None,
         started_at: float | None = None,
     ) -> None:
-        self._core = core
+        self._engine = engine
         self._deadline = deadline
-        start = core.clock() if started_at is None else started_at
+        start = engine.clock() if started_at is None else started_at
         self._deadline_at = None if deadline is None else start + deadline
         #: Lookups in a row that found no record of the task.
         self._misses = 0
         self._kind = kind
+        self._update_type = update_type
         self._task_id = task_id
         self._delay = first_poll_delay
         #: How much sooner a round may take the next lookup: never the first (the documented
         #: `initial_interval` after the submit, which a job done by then is found at).
         self._early = 0.0
         self._seen_progress = seen_progress
-        self._schedule = PollSchedule.start(core.poll)
+        self._schedule = PollSchedule.start(engine.poll)
         #: True once the final result has been returned.
         self.done = False
+        #: The final result, once returned.
+        self.final: R | None = None
 
-    async def next(self) -> R:
+    async def next(self) -> U | R:
         """The task's next state worth reporting.
 
         Raises `JobFailedError` if the provider failed the job, `TaskNotFoundError` once
@@ -359,29 +212,29 @@ class PollCursor(Generic[R]):
         """
         if self.done:
             raise RuntimeError("the task already finished")
-        remaining = None if self._deadline_at is None else self._deadline_at - self._core.clock()
+        remaining = None if self._deadline_at is None else self._deadline_at - self._engine.clock()
         # The scope covers one step, inside this call: nothing here spans a `yield`.
         with anyio.move_on_after(remaining):
             return await self._next_state()
         raise self.timed_out()
 
-    async def _next_state(self) -> R:
+    async def _next_state(self) -> U | R:
         while True:
             update = await self._look(self._delay)
             if update is not None:
                 return update
 
-    async def check(self) -> R | None:
+    async def check(self) -> U | R | None:
         """Look the task up once (no wait first): its final result, a newer update, or None for no news.
 
         Raises `JobFailedError` if the provider failed the job, `TaskNotFoundError` like `next()`.
         """
         return await self._look(0.0)
 
-    async def _look(self, delay: float) -> R | None:
+    async def _look(self, delay: float) -> U | R | None:
         """Look the task up `delay` seconds from now (or a little sooner, in a round with room)."""
         try:
-            body = await self._core.poller.poll(self._task_id, delay=delay, early=self._early)
+            body = await self._engine.look_up(self._task_id, delay=delay, early=self._early)
         except (BadRequestError, NotFoundError, ResponseDecodeError) as error:
             # 400/404: how a provider answers a lookup of one id it does not know (AceData: 400 "not
             # found"). An answer that cannot be read tells no more about the task than a missing one.
@@ -398,37 +251,36 @@ class PollCursor(Generic[R]):
             self._missed(None)
             return None
         try:
-            record: TaskRecord[R] = self._core.provider.decode_task(body, self._kind)
+            record: TaskRecord[U] = self._engine.provider.decode_task(body, self._update_type)
         except ResponseDecodeError as error:
             self._missed(error)
             return None
         self._misses = 0
-        state = self._core.provider.task_state(record)
+        state = self._engine.provider.task_state(record)
         response = record.response
         self._saw(getattr(response, "progress", None) if state == "running" else None)
         if state == "succeeded" and response is not None:
-            self.done = True
-            return response
+            return self._finish(response)
         if state == "failed":
-            raise _failure(self._core, record, self._task_id)
+            raise _failure(self._engine, record, self._task_id)
         if state == "running" and response is not None:
             return self._newer(response)
         return None
 
     def _saw(self, progress: float | None) -> None:
         """Plan the next lookup after one (or a callback) that showed `progress` just now."""
-        now = self._core.clock()
-        self._plan(observe(self._schedule, progress, now, self._core.poll), now)
+        now = self._engine.clock()
+        self._plan(observe(self._schedule, progress, now, self._engine.poll), now)
 
     def _told_nothing(self) -> None:
         """Plan the next lookup after one that failed or found no readable record."""
-        self._plan(unanswered(self._schedule, self._core.poll), self._core.clock())
+        self._plan(unanswered(self._schedule, self._engine.poll), self._engine.clock())
 
     def _plan(self, schedule: PollSchedule, now: float) -> None:
         self._schedule = schedule
         # A little jitter (never later) keeps jobs from all falling due at one instant; rounds with
         # room regroup them (a lookup may ride `EARLY_SHARE` of its wait early), so batches stay full.
-        self._delay = next_delay(schedule, now, self._core.poll) * (1.0 - 0.1 * random.random())
+        self._delay = next_delay(schedule, now, self._engine.poll) * (1.0 - 0.1 * random.random())
         self._early = EARLY_SHARE * self._delay
 
     def _missed(self, error: MJError | None) -> None:
@@ -439,7 +291,7 @@ class PollCursor(Generic[R]):
         """
         self._told_nothing()
         self._misses += 1
-        limit = self._core.poll.max_missing_lookups
+        limit = self._engine.poll.max_missing_lookups
         if self._misses >= limit and isinstance(error, ResponseDecodeError):
             error.task_id = error.task_id or self._task_id
             raise error
@@ -453,7 +305,7 @@ class PollCursor(Generic[R]):
                 request=getattr(error, "request", None),
             ) from error
 
-    def offer(self, update: R) -> R | None:
+    def offer(self, update: U) -> U | R | None:
         """Judge an update that came another way (a callback): final, newer, or None when stale.
 
         Raises `JobFailedError` if it reports the job failed.
@@ -461,18 +313,24 @@ class PollCursor(Generic[R]):
         if self.done:
             return None
         if update.failed:
-            error = self._core.provider.job_failed(update)
+            error = self._engine.provider.job_failed(update)
             error.task_id = error.task_id or self._task_id
             raise error
         if update.is_final:
-            self.done = True
-            return update
+            return self._finish(update)
         newer = self._newer(update)
         if newer is not None:
             self._saw(self._seen_progress)
         return newer
 
-    def _newer(self, update: R) -> R | None:
+    def _finish(self, update: U) -> R:
+        """The final update as the final type (checked for what it guarantees); the cursor is done."""
+        final = finalize(self._kind, update)
+        self.done = True
+        self.final = final
+        return final
+
+    def _newer(self, update: U) -> U | None:
         progress = getattr(update, "progress", None)
         if progress is None or progress <= self._seen_progress:
             return None
@@ -502,10 +360,10 @@ class PollCursor(Generic[R]):
         )
 
 
-def _failure(core: Core, record: TaskRecord[Any], task_id: str) -> JobFailedError:
+def _failure(engine: Engine, record: TaskRecord[Any], task_id: str) -> JobFailedError:
     response = record.response
     if isinstance(response, Result):
-        error = core.provider.job_failed(response)
+        error = engine.provider.job_failed(response)
     else:
         error = JobFailedError(f"task {task_id} failed (state {record.state!r})")
     error.task_id = error.task_id or task_id

@@ -1,22 +1,16 @@
-"""Client layer: a job's ndjson progress as an async iterator of decoded Structs, resumed by polling."""
+"""Client floor: a job's ndjson progress as an async iterator of decoded Structs, resumed by polling."""
 
 from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from ._attempts import (
-    Resumed,
-    SendRecord,
-    reconcile_submit,
-    submit_for_task_id,
-    submit_with_retries,
-    with_retries_taken,
-)
-from ._callbacks import CallbackFollower, CallbackInbox
+from ._attempts import SendRecord
+from ._callbacks import CallbackFollower
+from ._engine import Engine, Resumed, with_retries_taken
 from ._exceptions import (
     APIConnectionError,
     LineTooLongError,
@@ -24,20 +18,21 @@ from ._exceptions import (
     MJError,
     StreamInterruptedError,
 )
+from ._inbox import Subscription
 from ._models.requests import JobRequest
-from ._models.results import Result
+from ._models.results import Result, finalize
 from ._poller import PollCursor
+from ._providers import Provider, WireRequest
 from ._transport import LineReader
 
 if TYPE_CHECKING:
     from aiohttp import ClientResponse
 
-    from ._job import Core
-    from ._providers import Provider
-
 __all__ = ["JobStream"]
 
+#: A job's final result type, and the updates it reports on the way (`ImagineResult`, `ImagineUpdate`).
 R = TypeVar("R", bound=Result)
+U = TypeVar("U", bound=Result)
 
 #: Failures that break a stream without the provider saying the job failed.
 _BREAKS = (APIConnectionError, StreamInterruptedError, MalformedLineError, LineTooLongError)
@@ -45,14 +40,17 @@ _BREAKS = (APIConnectionError, StreamInterruptedError, MalformedLineError, LineT
 
 @functools.lru_cache(maxsize=64)
 def _update_decoders(
-    provider: Provider, kind: type[R]
-) -> tuple[Callable[[bytes | memoryview], list[R] | None], Callable[[bytes, int], R]]:
+    provider: Provider, kind: type[U]
+) -> tuple[Callable[[bytes | memoryview], list[U] | None], Callable[[bytes, int], U]]:
     """The provider's decoders for one result type, made once rather than as closures per stream."""
     return functools.partial(provider.decode_updates, kind), functools.partial(provider.decode_update, kind)
 
 
-class JobStream(Generic[R]):
+class JobStream(Generic[R, U]):
     """Progress updates of one job, one Struct per ndjson line; the last one is the final result.
+
+    Updates are the provider's snapshots (`ImagineUpdate`: every field may be missing); the last one is
+    the final result's type (`ImagineResult`, whose `image_url` is always there), also in `final`.
 
     Use it as `async with job.stream() as updates: async for update in updates: ...` so the
     connection is released even if you stop early. It is a plain object, not an async generator, so
@@ -71,48 +69,66 @@ class JobStream(Generic[R]):
 
     def __init__(
         self,
-        core: Core,
+        engine: Engine,
         kind: type[R],
+        update_type: type[U],
         request: JobRequest,
-        path: str,
-        body: bytes,
-        headers: Mapping[str, str],
+        wire: WireRequest,
         *,
         record: SendRecord | None = None,
-        inbox: CallbackInbox[R] | None = None,
-        close_route: Callable[[], None] | None = None,
+        subscription: Subscription[U] | None = None,
     ) -> None:
-        self._core = core
+        self._engine = engine
         #: The job's first send and task id (shared with its `Job`); the deadline counts from there.
-        self._record = record if record is not None else SendRecord(core.poll.deadline)
-        self._inbox = inbox
-        self._close_route = close_route
+        self._record = record if record is not None else SendRecord(engine.poll.deadline, clock=engine.clock)
+        self._subscription = subscription
         self._kind = kind
+        self._update_type = update_type
         self._request = request
-        self._path = path
-        self._body = body
-        self._headers = headers
-        self._reader: LineReader[R] | None = None
+        self._wire = wire
+        self._path = wire.path
+        self._reader: LineReader[U] | None = None
         self._release: Callable[[], None] | None = None
-        self._cursor: PollCursor[R] | CallbackFollower[R] | None = None
+        self._cursor: PollCursor[R, U] | CallbackFollower[R, U] | None = None
         self._holds_slot = False
         self._finished = False
         self._retries = 0
         #: When the current stream was sent (wall clock): a lookup after a break searches from here.
         self._sent_at = 0.0
         #: The most recent update.
-        self.last: R | None = None
-        #: The final result, once it has arrived.
-        self.final: R | None = None
+        self.last: U | R | None = None
+        self._final: R | None = None
         #: Whether the stream broke and the rest came from polling.
         self.resumed = False
+
+    @property
+    def final(self) -> R:
+        """The final result, once it has arrived (the iteration ended without an error).
+
+        Raises `StreamInterruptedError` before then: the stream was left early, or is not over.
+        """
+        final = self._final
+        if final is None:
+            raise StreamInterruptedError(
+                "the updates ended without a final result"
+                if self._finished
+                else "the final result has not arrived yet",
+                task_id=self.task_id,
+                last_update=self.last,
+            )
+        return final
+
+    @property
+    def finished(self) -> bool:
+        """Whether the final result has arrived."""
+        return self._final is not None
 
     @property
     def task_id(self) -> str | None:
         """The job's task id, from the moment it is known (the first line, or the submit's answer)."""
         return self._record.task_id
 
-    async def __aenter__(self) -> JobStream[R]:
+    async def __aenter__(self) -> JobStream[R, U]:
         return self
 
     async def __aexit__(
@@ -120,15 +136,15 @@ class JobStream(Generic[R]):
     ) -> None:
         self._close()  # what `aclose` does, without a coroutine of its own
 
-    def __aiter__(self) -> JobStream[R]:
+    def __aiter__(self) -> JobStream[R, U]:
         return self
 
-    async def __anext__(self) -> R:
+    async def __anext__(self) -> U | R:
         """The next update; every wait in it ends at the job's deadline.
 
         Opening the stream and reading its lines, the hot path, are bounded by the connection's own
         overall timeout (set to the time left when the stream was sent: one timer per stream, none per
-        line); polling by the cursor's deadline; what follows a failed send by `submit_with_retries`,
+        line); polling by the cursor's deadline; what follows a failed send by `Engine.submit`,
         a submit to follow and settling a break by a cancel scope.
 
         One coroutine, not one per step: a job's waiting frames are most of what it holds while a
@@ -138,7 +154,7 @@ class JobStream(Generic[R]):
             raise StopAsyncIteration
         try:
             deadline_at = self._record.deadline_at
-            if deadline_at is not None and time.monotonic() >= deadline_at:
+            if deadline_at is not None and self._engine.clock() >= deadline_at:
                 # Checked here too: lines already buffered are handed out without a checkpoint to cancel.
                 raise self._record.timed_out()
             reader = self._reader
@@ -148,10 +164,10 @@ class JobStream(Generic[R]):
                 if admitted is not None:
                     return self._note(admitted)
             if not self._holds_slot:
-                await self._core.limiter.acquire(self)
+                await self._engine.limiter.acquire(self)
                 self._holds_slot = True
             while True:
-                if self.final is not None and self._reader is None:
+                if self._final is not None and self._reader is None:
                     raise StopAsyncIteration
                 if self._cursor is not None:
                     return self._note(await self._next_polled())
@@ -161,7 +177,7 @@ class JobStream(Generic[R]):
                 try:
                     update = await self._reader.next_update()
                     if update is None:
-                        if self.final is None:
+                        if self._final is None:
                             raise StreamInterruptedError(
                                 "the progress stream ended before the final result",
                                 task_id=self.task_id,
@@ -172,7 +188,7 @@ class JobStream(Generic[R]):
                     admitted = self._admit(update)
                 except _BREAKS as exc:
                     self._drop_connection()
-                    if self.final is not None:
+                    if self._final is not None:
                         raise StopAsyncIteration from None  # broke while draining: we have it all
                     with self._record.bounded():
                         await self._after_break(exc)
@@ -189,8 +205,8 @@ class JobStream(Generic[R]):
         self._close()
 
     async def _open(self) -> None:
-        core = self._core
-        if not core.provider.streams or self._inbox is not None:
+        engine = self._engine
+        if not engine.provider.streams or self._subscription is not None:
             # With a callback the provider answers with a task id at once and sends the progress
             # there (AceData: every ndjson line; GoAPI: `notify_progress`).
             with self._record.bounded():
@@ -199,51 +215,48 @@ class JobStream(Generic[R]):
         self._sent_at = time.time()
         # No `Timeouts.total` budget: the stream is the wait itself (its headers may wait on a queue),
         # and the job's deadline bounds it: the connection's own overall timeout, the time left then.
-        answer, retries = await submit_with_retries(
-            core, self._send, self._request, record=self._record, budget=None
-        )
-        self._retries += retries
+        attempted = await engine.submit(self._send, self._request, log=self._record, budget=None)
+        self._retries += attempted.retries_taken
+        answer = attempted.value
         if isinstance(answer, Resumed):
             self._resume(answer.task_id)
             return
         self._release = answer.release
-        decode_run, decode_line = _update_decoders(core.provider, self._kind)
+        decode_run, decode_line = _update_decoders(engine.provider, self._update_type)
         self._reader = LineReader(
             answer,
             decode_run=decode_run,
             decode_line=decode_line,
-            max_line_bytes=core.max_line_bytes,
+            max_line_bytes=engine.max_line_bytes,
             request=f"POST {self._path}",
         )
 
     def _send(self) -> Coroutine[Any, Any, ClientResponse]:
         """One send of the stream's request (a bound method, not a closure made per stream)."""
-        transport = self._core.transport
+        transport, wire = self._engine.transport, self._wire
         timeout = transport.client_timeout(
             read=transport.timeouts.stream_read, total=self._record.time_left()
         )
-        return transport.open(self._path, self._body, headers=self._headers, timeout=timeout)
+        return transport.open(wire.path, wire.body, headers=wire.headers, timeout=timeout)
 
     async def _submit_to_follow(self) -> None:
         """Submit, then follow the task by callback or by polling (no progress stream to read)."""
-        core = self._core
-        task_id, retries = await submit_for_task_id(
-            core, self._path, self._body, self._headers, self._request, record=self._record
-        )
-        self._retries += retries
-        self._follow(task_id, first_poll_delay=core.poll.initial_interval)
+        engine = self._engine
+        attempted = await engine.submit_for_task_id(self._wire, self._request, log=self._record)
+        self._retries += attempted.retries_taken
+        self._follow(attempted.value, first_poll_delay=engine.poll.initial_interval)
 
-    def _admit(self, update: R) -> R | None:
+    def _admit(self, update: U) -> U | None:
         """A line read from the stream, as the update to hand out; None for one past the final result."""
-        if self.final is not None:
+        if self._final is not None:
             return None  # not ours to interpret (a bad line here ends the stream quietly: see __anext__)
         if update.task_id and update.task_id != self._record.task_id:
             self._record.accept(update.task_id)
-            self._core.known_tasks.add(update.task_id)
-            if self._inbox is not None:
-                self._inbox.expect(update.task_id)
+            self._engine.known_tasks.add(update.task_id)
+            if self._subscription is not None:
+                self._subscription.expect(update.task_id)
         if update.failed:
-            raise self._core.provider.job_failed(update, request=f"POST {self._path}")
+            raise self._engine.provider.job_failed(update, request=f"POST {self._path}")
         return update
 
     async def _after_break(self, error: MJError) -> None:
@@ -251,21 +264,21 @@ class JobStream(Generic[R]):
         if self._record.expired():
             # The connection's own overall timeout (the job's deadline) ended it: that is the answer.
             raise self._record.timed_out() from error
-        if self._core.retry.max_retries == 0:
+        if self._engine.retry.max_retries == 0:
             raise error  # the resilience layer is off
         if self.task_id is not None:
             self._resume(self.task_id)
             return
         # Nothing arrived, so we do not know whether the submit made a task: look it up, from when the
         # stream was sent (a queued job may have kept it silent for many minutes).
-        task_id = await reconcile_submit(self._core, self._request, error, self._sent_at, self._retries)
+        task_id = await self._engine.reconcile(self._request, error, self._sent_at, self._retries)
         if task_id is not None:
             self._resume(task_id)
             return
-        if self._retries >= self._core.retry.max_retries:
+        if self._retries >= self._engine.retry.max_retries:
             raise error
         # Proven absent (sending again cannot pay twice), or sent again by the user's choice.
-        if self._core.retry.on_ambiguous_submit == "resubmit" and self._record.orphan_sent_at is None:
+        if self._engine.retry.on_ambiguous_submit == "resubmit" and self._record.orphan_sent_at is None:
             self._record.orphan_sent_at = self._sent_at
         self._retries += 1
 
@@ -281,38 +294,37 @@ class JobStream(Generic[R]):
         self._record.accept(task_id)
         seen = self.last.progress if self.last is not None and hasattr(self.last, "progress") else None
         cursor = PollCursor(
-            self._core,
+            self._engine,
             self._kind,
+            self._update_type,
             task_id,
             first_poll_delay=first_poll_delay,
             seen_progress=-1.0 if seen is None else seen,
             deadline=self._record.deadline,
             started_at=self._record.sent_clock,
         )
-        if self._inbox is None:
+        subscription = self._subscription
+        if subscription is None:
             self._cursor = cursor
             return
-        self._inbox.expect(task_id)
-        self._cursor = CallbackFollower(self._core, self._inbox, cursor, self._stop_listening)
+        subscription.expect(task_id)
+        self._cursor = CallbackFollower(self._engine, subscription, cursor)
 
-    def _stop_listening(self) -> None:
-        close, self._close_route = self._close_route, None
-        if close is not None:
-            close()
-
-    async def _next_polled(self) -> R:
+    async def _next_polled(self) -> U | R:
         assert self._cursor is not None
         if self._cursor.done:
             raise StopAsyncIteration
         return await self._cursor.next()
 
-    def _note(self, update: R) -> R:
+    def _note(self, update: U | R) -> U | R:
         self.last = update
         if update.is_final:
-            self.final = update
-            self._core.limiter.succeeded()
+            final = finalize(self._kind, update)
             if self._retries:
-                self.final = update = with_retries_taken(update, self._retries)
+                final = with_retries_taken(final, self._retries)
+            self.last = self._final = final
+            self._engine.limiter.succeeded()
+            return final
         return update
 
     def _drop_connection(self) -> None:
@@ -324,7 +336,8 @@ class JobStream(Generic[R]):
     def _close(self) -> None:
         self._finished = True
         self._drop_connection()
-        self._stop_listening()
+        if self._subscription is not None:
+            self._subscription.close()
         if self._holds_slot:
             self._holds_slot = False
-            self._core.limiter.release(self)
+            self._engine.limiter.release(self)

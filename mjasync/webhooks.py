@@ -45,8 +45,8 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from . import _redact
-from ._callbacks import CallbackInbox
 from ._exceptions import InvalidRequestError
+from ._inbox import CallbackInbox
 from ._models.params import validate_http_url
 from ._providers import CALLBACK_SECRET_HEADERS, CallbackTarget
 
@@ -131,6 +131,9 @@ class WebhookReceiver:
 
     `max_connections`, `header_timeout` and `body_timeout` bound what slow or many clients can hold
     of `serve()` (see the module docs); `body_timeout` also bounds each body read when mounted.
+
+    `clock` is the time addresses expire by (`route_ttl`, a job's deadline) and warnings are spaced
+    by: `time.monotonic` unless a test moves its own.
     """
 
     def __init__(
@@ -144,6 +147,7 @@ class WebhookReceiver:
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         header_timeout: float = DEFAULT_HEADER_TIMEOUT,
         body_timeout: float = DEFAULT_BODY_TIMEOUT,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if public_url is not None:
             public_url = validate_http_url(public_url, "public_url").rstrip("/")
@@ -160,6 +164,8 @@ class WebhookReceiver:
         ):
             if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
                 raise InvalidRequestError(f"{name} must be a positive number of seconds, got {seconds!r}")
+        if not callable(clock):
+            raise InvalidRequestError(f"clock must be a function returning seconds, got {clock!r}")
         self._public_url = public_url
         self._secret = secret or secrets.token_urlsafe(32)
         _redact.hold(self, self._secret)
@@ -169,6 +175,7 @@ class WebhookReceiver:
         self._max_connections = max_connections
         self._header_timeout = float(header_timeout)
         self._body_timeout = float(body_timeout)
+        self._clock = clock
         self._routes: OrderedDict[str, _Route] = OrderedDict()
         self._stats = ReceiverStatistics()
         self._connections: _Connections | None = None
@@ -218,7 +225,7 @@ class WebhookReceiver:
                 "the WebhookReceiver has no public URL yet: serve() it, or pass public_url= when it is "
                 "mounted into your app"
             )
-        now = time.monotonic()
+        now = self._clock()
         self._purge(now)
         token = secrets.token_urlsafe(18)
         lifetime = self._route_ttl if ttl is None else min(ttl, self._route_ttl)
@@ -255,7 +262,7 @@ class WebhookReceiver:
         if declared is not None and declared > self._max_body_bytes:
             stats.rejected += 1
             return await _answer_unread(request, _refuse(413, f"body over {self._max_body_bytes} bytes"))
-        if route is None or route.expires_at <= time.monotonic():
+        if route is None or route.expires_at <= self._clock():
             stats.ignored += 1
             return await _answer_unread(request, _ignored())
         try:
@@ -325,6 +332,7 @@ class _Serving:
                 limit=_connection_cap(receiver._max_connections, *_fd_room()),
                 header_timeout=receiver._header_timeout,
                 stats=receiver._stats,
+                clock=receiver._clock,
             )
             group = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(group.cancel_scope.cancel)
@@ -361,11 +369,13 @@ class _Connections:
         limit: int,
         header_timeout: float,
         stats: ReceiverStatistics,
+        clock: Callable[[], float],
     ) -> None:
         self._server = server
         self.limit = limit
         self.header_timeout = header_timeout
         self.stats = stats
+        self._clock = clock
         self._held: OrderedDict[_Guarded, None] = OrderedDict()
         self._closed = anyio.Event()
 
@@ -375,7 +385,7 @@ class _Connections:
     async def accept(self, listener: socket.socket) -> None:
         """Accept connections for ever; a lack of descriptors pauses it quietly, never floods a log."""
         loop = asyncio.get_running_loop()
-        warned_at = -_WARN_EVERY
+        warned_at: float | None = None
         while True:
             try:
                 conn, _ = await loop.sock_accept(listener)
@@ -383,8 +393,9 @@ class _Connections:
                 if exc.errno in _BROKEN_LISTENER:
                     raise
                 if exc.errno in _OUT_OF_ROOM:
-                    if time.monotonic() - warned_at >= _WARN_EVERY:
-                        warned_at = time.monotonic()
+                    now = self._clock()
+                    if warned_at is None or now - warned_at >= _WARN_EVERY:
+                        warned_at = now
                         _log.warning("receiver: out of file descriptors; accepting pauses until one frees")
                     self._closed = anyio.Event()
                     with anyio.move_on_after(_ACCEPT_PAUSE):

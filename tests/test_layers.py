@@ -13,11 +13,18 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mjasync"
 LAYERS: list[set[str]] = [
     {"_types", "_exceptions", "_config", "_redact"},
     {"_models", "_ndjson", "_retry", "_capacity"},
-    {"_providers"},
-    {"_transport", "_limiter"},
-    # Fan-out (`_batch`) composes jobs and handles; the Client offers it as `run_many`, so they share a row.
-    {"_client", "_job", "_stream", "_poller", "_attempts", "_batch", "_callbacks"},
-    {"emulator", "testing", "cli", "webhooks", "__init__", "__main__"},
+    {"_providers", "_requests"},
+    {"_transport", "_limiter", "_lookups", "_inbox"},
+    # The client floor, bottom to top: one engine with verbs; a job's send log and polling; following
+    # by callback; streams; jobs and handles; the fan-out; the client, which is only the face.
+    {"_engine"},
+    {"_attempts", "_poller"},
+    {"_callbacks"},
+    {"_stream"},
+    {"_job"},
+    {"_batch"},
+    {"_client"},
+    {"emulator", "testing", "cli", "webhooks", "types", "__init__", "__main__"},
 ]
 #: Modules that must stay pure: no sockets, no event loop.
 PURE = {
@@ -29,6 +36,7 @@ PURE = {
     "_ndjson",
     "_retry",
     "_capacity",
+    "_requests",
     "_providers",
 }
 
@@ -59,9 +67,8 @@ def imports(path: Path) -> list[tuple[str, bool]]:
             found += [(alias.name, id(node) in typing_only) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
             if node.level:
+                # `parts` ends with the file's own name (`__init__` for a package): level 1 drops it.
                 base = package_parts[: len(package_parts) - node.level]
-                if path.name == "__init__.py":
-                    base = package_parts[: len(package_parts) - node.level + 1]
                 name = ".".join([*base, node.module] if node.module else base)
             else:
                 name = node.module or ""
@@ -80,15 +87,83 @@ def test_every_module_has_a_layer() -> None:
 
 @pytest.mark.parametrize("path", SOURCES, ids=[str(p.relative_to(PACKAGE)) for p in SOURCES])
 def test_imports_go_down_the_layers(path: Path) -> None:
-    """A module imports mjasync modules of its own layer or below (type-only imports excepted)."""
+    """A module imports mjasync modules of its own layer or below, type-only imports included."""
     own = top_module(path)
-    for name, typing_only in imports(path):
-        if not name.startswith("mjasync.") or typing_only:
+    for name, _ in imports(path):
+        if not name.startswith("mjasync."):
             continue
         target = name.split(".")[1]
         if target == own:
             continue
         assert layer_of(target) <= layer_of(own), f"mjasync.{own} imports {name}, a higher layer"
+
+
+def module_name(path: Path) -> str:
+    """The dotted name of a source file (`mjasync.emulator._store`; a package is its `__init__`)."""
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Each mjasync module and the mjasync modules it imports, type-only imports included.
+
+    `from .x import name` counts as importing `x.name` when that is a module, else `x`.
+    """
+    modules = {module_name(path): path for path in SOURCES}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        package_parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        targets: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                targets.update(alias.name for alias in node.names if alias.name in modules)
+            elif isinstance(node, ast.ImportFrom):
+                base = ".".join(package_parts[: len(package_parts) - node.level]) if node.level else ""
+                stem = ".".join(part for part in (base, node.module or "") if part)
+                for alias in node.names:
+                    # `from . import mod` names a module; `from .mod import Name` imports `mod`.
+                    submodule = f"{stem}.{alias.name}"
+                    targets.add(submodule if submodule in modules else stem)
+        targets.discard(name)
+        graph[name] = targets & modules.keys()
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle in `graph` (its modules in order, the first repeated at the end), or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for target in sorted(graph.get(node, ())):
+            if state.get(target) == 1:
+                return [*path[path.index(target) :], target]
+            if target not in state and (cycle := visit(target)) is not None:
+                return cycle
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)) is not None:
+            return cycle
+    return None
+
+
+def test_find_cycle_finds_one() -> None:
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_no_import_cycles_anywhere() -> None:
+    """No module of mjasync, the emulator's included, reaches itself through imports (type-only too).
+
+    A package's `__init__` re-exporting its modules is not a cycle of theirs: only a module importing
+    its own package back would be, and that shows here too.
+    """
+    assert find_cycle(import_graph()) is None
 
 
 @pytest.mark.parametrize("path", [p for p in SOURCES if top_module(p) in PURE], ids=lambda p: p.name)

@@ -1,38 +1,140 @@
-"""The public face: exports are complete and sorted, show as `mjasync.X`, and import nothing heavy."""
+"""The public face: exports are pinned, show their public path, and import nothing heavy."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import types
 
 import msgspec
 import pytest
 
 import mjasync
+import mjasync.types
+
+#: What user code writes most: the client, its settings, the jobs it returns, the receiver, the
+#: errors, and the result of the most common call. A change here is a change of the public API.
+TOP_LEVEL = {
+    "ActionNotAvailableError",
+    "AmbiguousSubmitError",
+    "APIConnectionError",
+    "APIError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BadRequestError",
+    "Client",
+    "GatewayTimeoutError",
+    "ImagineResult",
+    "InvalidRequestError",
+    "Job",
+    "JobFailedError",
+    "Limits",
+    "LineTooLongError",
+    "MalformedLineError",
+    "MJError",
+    "ModerationError",
+    "NOT_GIVEN",
+    "NotFoundError",
+    "NotGiven",
+    "PermissionDeniedError",
+    "PollPolicy",
+    "PromptParams",
+    "QuotaExceededError",
+    "RateLimitError",
+    "ResponseDecodeError",
+    "RetryPolicy",
+    "ServerError",
+    "StreamError",
+    "StreamInterruptedError",
+    "TaskHandle",
+    "TaskNotFoundError",
+    "Timeouts",
+    "UnsupportedFeatureError",
+    "WaitTimeoutError",
+    "WebhookReceiver",
+}
+#: The Literal aliases arguments take, and the data the client hands back.
+TYPES = {
+    "BlendDimension",
+    "ClientStatistics",
+    "DescribeResult",
+    "EditsJob",
+    "EditsResult",
+    "EditsUpdate",
+    "ErrorDetail",
+    "Failed",
+    "GridIndex",
+    "ImagineHandle",
+    "ImagineJob",
+    "ImagineResult",
+    "ImagineUpdate",
+    "JobStream",
+    "LimiterStatistics",
+    "Mode",
+    "Outcome",
+    "Outcomes",
+    "PanDirection",
+    "ProviderName",
+    "ReceiverStatistics",
+    "SeedResult",
+    "ShortenResult",
+    "Succeeded",
+    "TaskRecord",
+    "TaskState",
+    "TranslateResult",
+    "UnconfirmedSubmit",
+    "VideoIndex",
+    "VideoJob",
+    "VideoMode",
+    "VideoResolution",
+    "VideoResult",
+    "VideoUpdate",
+    "WaitVia",
+    "ZoomFactor",
+}
 
 
-def test_all_is_sorted_and_every_name_exists() -> None:
-    """__all__ is sorted case-insensitively and each name is importable from mjasync."""
-    assert mjasync.__all__ == sorted(mjasync.__all__, key=str.casefold)
-    for name in mjasync.__all__:
-        assert hasattr(mjasync, name), name
+@pytest.mark.parametrize(
+    ("module", "names"), [(mjasync, TOP_LEVEL), (mjasync.types, TYPES)], ids=["top", "types"]
+)
+def test_exports_are_exactly_the_pinned_names(module: types.ModuleType, names: set[str]) -> None:
+    """`__all__` is sorted case-insensitively, holds exactly the pinned names, and each resolves."""
+    exported: list[str] = module.__all__
+    assert exported == sorted(exported, key=str.casefold)
+    assert set(exported) == names
+    for name in exported:
+        assert hasattr(module, name), name
 
 
-def test_public_classes_show_the_package_name() -> None:
-    """Classes print as mjasync.X, not as the private module they live in."""
-    for name in mjasync.__all__:
-        obj = getattr(mjasync, name)
-        if isinstance(obj, type):
-            assert obj.__module__ == "mjasync", name
+def test_the_face_is_about_forty_names() -> None:
+    """The top level stays small: the rest is in `mjasync.types`, and internals are in neither."""
+    assert 30 <= len(mjasync.__all__) <= 45
+    internals = {"JobLimiter", "TaskUpdates", "DEFAULT_MAX_DOWNLOAD_BYTES", "TaskBatch", "Result"}
+    assert internals.isdisjoint(mjasync.__all__)
+    assert internals.isdisjoint(mjasync.types.__all__)
+
+
+def test_public_classes_show_their_public_path() -> None:
+    """Classes print as mjasync.X or mjasync.types.X, never as the private module they live in, and
+    a name in both places is one class."""
+    for module in (mjasync, mjasync.types):
+        for name in module.__all__:
+            obj = getattr(module, name)
+            if isinstance(obj, type):
+                home = "mjasync.types" if name in TYPES else "mjasync"
+                assert obj.__module__ == home, name
+                assert getattr(sys.modules[home], name) is obj
+    assert mjasync.ImagineResult is mjasync.types.ImagineResult
 
 
 def test_structs_still_decode_after_the_module_rename() -> None:
     """Renaming __module__ does not break msgspec's annotation lookup (generics included)."""
     record = msgspec.json.decode(
         b'{"id": "t", "response": {"progress": 50, "actions": []}}',
-        type=mjasync.TaskRecord[mjasync.ImagineResult],
+        type=mjasync.types.TaskRecord[mjasync.types.ImagineUpdate],
     )
-    assert isinstance(record.response, mjasync.ImagineResult) and record.response.progress == 50
+    assert isinstance(record.response, mjasync.types.ImagineUpdate) and record.response.progress == 50
 
 
 def test_every_error_derives_from_the_single_root() -> None:
@@ -63,15 +165,15 @@ def test_version_comes_from_the_package_metadata() -> None:
 
 
 def test_unconfirmed_submit_is_a_frozen_record_of_a_sent_job() -> None:
-    """`mjasync.UnconfirmedSubmit` (in `Outcomes.unconfirmed`) holds index, request and sent_at, frozen."""
+    """`mjasync.types.UnconfirmedSubmit` (in `Outcomes.unconfirmed`) holds index, request and sent_at, frozen."""
     import dataclasses
 
-    fields = [f.name for f in dataclasses.fields(mjasync.UnconfirmedSubmit)]
+    fields = [f.name for f in dataclasses.fields(mjasync.types.UnconfirmedSubmit)]
     assert fields == ["index", "request", "sent_at"]
     job = mjasync.Client(api_key="k" * 16, base_url="http://127.0.0.1:9").imagine("a cat")
     request = job.request
     job.close()  # built for its request only
-    entry = mjasync.UnconfirmedSubmit(index=3, request=request, sent_at=1.5)
+    entry = mjasync.types.UnconfirmedSubmit(index=3, request=request, sent_at=1.5)
     with pytest.raises(dataclasses.FrozenInstanceError):
         entry.index = 4  # type: ignore[misc]
     assert issubclass(mjasync.TaskNotFoundError, mjasync.APIError)

@@ -2,23 +2,35 @@
 
 Decoders for these run with `strict=False`, so `"1024"` decodes as `1024`; unknown fields are ignored
 and missing ones are None. Structs are frozen and never hold the API key.
+
+Jobs that report progress have two types: an update (`ImagineUpdate`, `EditsUpdate`, `VideoUpdate`),
+what the wire carries and a stream yields, every field optional; and a final result that subclasses it
+and narrows what finality guarantees (`ImagineResult.image_url: str`). Providers decode updates;
+`finalize` turns the final update into the final type, once per job. The short calls (describe,
+shorten, translate, seed) have no progress: their result is its own update.
 """
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import msgspec
+
+from .._exceptions import ResponseDecodeError
 
 __all__ = [
     "DescribeResult",
     "EditsResult",
+    "EditsUpdate",
     "ErrorDetail",
     "ImagineResult",
+    "ImagineUpdate",
     "Result",
     "SeedResult",
     "ShortenResult",
     "SubmitReceipt",
     "TranslateResult",
     "VideoResult",
+    "VideoUpdate",
+    "finalize",
 ]
 
 
@@ -34,6 +46,14 @@ class Result(msgspec.Struct, kw_only=True, frozen=True, gc=False):
 
     #: Which endpoint produced it (class-level, not decoded).
     kind: ClassVar[str] = "result"
+    #: What the wire carries for this type: the update class a final result narrows, or the class
+    #: itself when it has no separate updates (set for every subclass that does not name one).
+    update_type: ClassVar[type["Result"]]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "update_type" not in cls.__dict__:
+            cls.update_type = cls
 
     task_id: str | None = None
     #: `True` on every progress line too: it never means "done" on its own.
@@ -61,6 +81,9 @@ class Result(msgspec.Struct, kw_only=True, frozen=True, gc=False):
         return False
 
 
+Result.update_type = Result
+
+
 class _ImageFields(Result, kw_only=True, frozen=True, gc=False):
     image_id: str | None = None
     image_url: str | None = None
@@ -75,8 +98,8 @@ class _ImageFields(Result, kw_only=True, frozen=True, gc=False):
     sub_image_urls: list[str] | None = None
 
 
-class ImagineResult(_ImageFields, kw_only=True, frozen=True, gc=False):
-    """An imagine result or progress update: a grid, or an upscaled image, with the follow-up `actions`."""
+class ImagineUpdate(_ImageFields, kw_only=True, frozen=True, gc=False):
+    """An imagine progress update, or the final one: a grid, or an upscaled image, with the follow-up `actions`."""
 
     kind: ClassVar[str] = "imagine"
 
@@ -98,8 +121,8 @@ class ImagineResult(_ImageFields, kw_only=True, frozen=True, gc=False):
         )
 
 
-class EditsResult(_ImageFields, kw_only=True, frozen=True, gc=False):
-    """An edits result or progress update."""
+class EditsUpdate(_ImageFields, kw_only=True, frozen=True, gc=False):
+    """An edits progress update, or the final one."""
 
     kind: ClassVar[str] = "edits"
 
@@ -111,8 +134,8 @@ class EditsResult(_ImageFields, kw_only=True, frozen=True, gc=False):
         return self.progress is not None and self.progress >= 100 and bool(self.image_url) and not self.failed
 
 
-class VideoResult(Result, kw_only=True, frozen=True, gc=False):
-    """A videos result or progress update: four video URLs from one first frame."""
+class VideoUpdate(Result, kw_only=True, frozen=True, gc=False):
+    """A videos progress update, or the final one: four video URLs from one first frame."""
 
     kind: ClassVar[str] = "videos"
 
@@ -127,6 +150,37 @@ class VideoResult(Result, kw_only=True, frozen=True, gc=False):
     def is_final(self) -> bool:
         """Final means the video URLs are there."""
         return bool(self.video_urls) and not self.failed
+
+
+# The final types narrow with `msgspec.field()`: a required field, as bare `image_url: str` is, which
+# pyright also accepts as the override of a field that has a default (bare, it reports "missing a
+# default value"). Only what `is_final` and both providers' finals guarantee is narrowed: not
+# `image_id` (GoAPI's finished tasks may lack one), sizes (GoAPI sends none) or `progress` (an AceData
+# final may omit it).
+
+
+class ImagineResult(ImagineUpdate, kw_only=True, frozen=True, gc=False):
+    """A finished imagine: the image's URL is always there."""
+
+    update_type: ClassVar[type[Result]] = ImagineUpdate
+
+    image_url: str = msgspec.field()
+
+
+class EditsResult(EditsUpdate, kw_only=True, frozen=True, gc=False):
+    """A finished edits job: the image's URL is always there."""
+
+    update_type: ClassVar[type[Result]] = EditsUpdate
+
+    image_url: str = msgspec.field()
+
+
+class VideoResult(VideoUpdate, kw_only=True, frozen=True, gc=False):
+    """A finished videos job: the video URLs are always there."""
+
+    update_type: ClassVar[type[Result]] = VideoUpdate
+
+    video_urls: list[str] = msgspec.field()
 
 
 class DescribeResult(Result, kw_only=True, frozen=True, gc=False):
@@ -191,3 +245,23 @@ class SubmitReceipt(Result, kw_only=True, frozen=True, gc=False):
     def is_final(self) -> bool:
         """A receipt is complete once it names the task."""
         return not self.failed and bool(self.task_id)
+
+
+R = TypeVar("R", bound=Result)
+
+
+def finalize(kind: type[R], update: Result) -> R:
+    """The final update of a job as its final type `kind`, checked for what `kind` narrows.
+
+    Returns `update` itself when it already is a `kind`. Raises `ResponseDecodeError` when a field
+    the final type guarantees (`image_url`, `video_urls`) is missing: the provider called it final
+    without the thing it made.
+    """
+    if isinstance(update, kind):
+        return update
+    try:
+        return msgspec.convert(update, kind, from_attributes=True)
+    except msgspec.ValidationError as exc:
+        raise ResponseDecodeError(
+            f"a final {kind.kind} result without what it must carry: {exc}", task_id=update.task_id
+        ) from None

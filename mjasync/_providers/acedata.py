@@ -42,15 +42,15 @@ from .._models.requests import (
 )
 from .._models.results import (
     DescribeResult,
-    EditsResult,
+    EditsUpdate,
     ErrorDetail,
-    ImagineResult,
+    ImagineUpdate,
     Result,
     SeedResult,
     ShortenResult,
     SubmitReceipt,
     TranslateResult,
-    VideoResult,
+    VideoUpdate,
 )
 from .._models.task import TaskBatch, TaskRecord, TaskState
 from .._redact import redact_cause
@@ -81,11 +81,11 @@ TASKS_PATH: Final = "/midjourney/tasks"
 #: AceData has no blend shape field: the shape is the `--ar` at the end of the blend's prompt.
 _BLEND_ASPECT_RATIOS: Final[dict[str, str]] = {"square": "1:1", "portrait": "2:3", "landscape": "3:2"}
 
-#: The task record's `type` tells which result its `response` holds.
+#: The task record's `type` tells which result its `response` holds (an update: it may be running).
 _RESULT_BY_TASK_TYPE: Final[dict[str, type[Result]]] = {
-    "imagine": ImagineResult,
-    "edits": EditsResult,
-    "videos": VideoResult,
+    "imagine": ImagineUpdate,
+    "edits": EditsUpdate,
+    "videos": VideoUpdate,
     "describe": DescribeResult,
     "shorten": ShortenResult,
 }
@@ -204,7 +204,7 @@ class AceDataProvider:
         """The `--ar` that says a blend's shape in its prompt."""
         return _BLEND_ASPECT_RATIOS[dimension]
 
-    def follow_up_id(self, result: ImagineResult) -> str | None:
+    def follow_up_id(self, result: ImagineUpdate) -> str | None:
         """A follow-up names the image it acts on by `image_id`."""
         return result.image_id
 
@@ -388,7 +388,7 @@ class AceDataProvider:
             return "pending"
         return "running"
 
-    def allowed_actions(self, result: ImagineResult) -> frozenset[str]:
+    def allowed_actions(self, result: ImagineUpdate) -> frozenset[str]:
         """Actions a follow-up may use on this result."""
         actions = frozenset(result.actions)
         # The guide applies `variation_region` to upscaled images although their `actions` never list it.

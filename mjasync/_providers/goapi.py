@@ -49,7 +49,7 @@ from .._models.requests import (
     TranslateRequest,
     VideosRequest,
 )
-from .._models.results import DescribeResult, ImagineResult, Result, SeedResult
+from .._models.results import DescribeResult, ImagineUpdate, Result, SeedResult
 from .._models.task import TaskBatch, TaskRecord, TaskState
 from .._redact import redact_cause
 from .._retry import parse_retry_after
@@ -95,7 +95,7 @@ _PROMPTED: Final = frozenset({"variation", "reroll", "inpaint", "outpaint", "pan
 #: `meta.task_type` -> the result type its task_result fills.
 _RESULT_BY_TASK_TYPE: Final[dict[str, type[Result]]] = {
     **dict.fromkeys(
-        ("imagine", "upscale", "variation", "reroll", "inpaint", "outpaint", "pan", "blend"), ImagineResult
+        ("imagine", "upscale", "variation", "reroll", "inpaint", "outpaint", "pan", "blend"), ImagineUpdate
     ),
     "describe": DescribeResult,
     "seed": SeedResult,
@@ -215,7 +215,7 @@ class GoapiProvider:
         del dimension
         return None
 
-    def follow_up_id(self, result: ImagineResult) -> str | None:
+    def follow_up_id(self, result: ImagineUpdate) -> str | None:
         """A follow-up names its parent by task id."""
         return result.task_id
 
@@ -373,7 +373,7 @@ class GoapiProvider:
             return "running"
         return "pending"
 
-    def allowed_actions(self, result: ImagineResult) -> frozenset[str]:
+    def allowed_actions(self, result: ImagineUpdate) -> frozenset[str]:
         """Actions a follow-up may use (already in neutral names)."""
         return frozenset(result.actions)
 
@@ -477,7 +477,7 @@ def _convert(kind: type[R], task: _Task, raw: dict[str, Any]) -> R:
         "finished": finished,
         "raw": raw,
     }
-    if issubclass(kind, ImagineResult):
+    if issubclass(kind, ImagineUpdate):
         progress = result.task_progress
         fields.update(
             image_id=(result.image_id or None) if finished else None,

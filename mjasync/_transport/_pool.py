@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Final, TypeAlias
+
 import aiohttp
 
 from .._config import Limits
 
-__all__ = ["SessionPool"]
+__all__ = ["USER_AGENT", "HTTPSession", "SessionPool"]
+
+#: A session the caller may hand the client (`Client(http_session=...)`): the transport's own kind.
+HTTPSession: TypeAlias = aiohttp.ClientSession
+USER_AGENT: Final = "mjasync/0.1 (+aiohttp)"
 
 
 class SessionPool:
@@ -17,7 +23,7 @@ class SessionPool:
     """
 
     def __init__(
-        self, *, limits: Limits, user_agent: str, session: aiohttp.ClientSession | None = None
+        self, *, limits: Limits, user_agent: str = USER_AGENT, session: aiohttp.ClientSession | None = None
     ) -> None:
         self._limits = limits
         self._user_agent = user_agent

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import NamedTuple, NoReturn
 
 import aiohttp
@@ -35,6 +35,7 @@ ErrorForStatus = Callable[..., APIStatusError]
 #: An error body is kept only this far: enough for a message and a trace_id.
 _ERROR_BODY_LIMIT = 64 * 1024
 _CHUNK = 64 * 1024
+_DOWNLOAD_CHUNK = 256 * 1024
 
 
 class WireResponse(NamedTuple):
@@ -169,20 +170,42 @@ class Transport:
             await self._raise_for_status(response, request)
         return response
 
-    async def open_download(self, url: str, *, timeout: aiohttp.ClientTimeout) -> aiohttp.ClientResponse:
-        """GET a result file (an image) with no credentials; the caller must release the response."""
+    async def download(self, url: str, *, max_bytes: int, sink: Callable[[bytes], Awaitable[None]]) -> None:
+        """GET a result file (an image, a video) and hand it to `sink` chunk by chunk.
+
+        No credentials go with it, so following a CDN's redirects (5 at most) leaks nothing. It is
+        bounded like any call: the client's connect, idle-read and overall `Timeouts`, and `max_bytes`
+        (declared or counted), past which `ResponseDecodeError` is raised. A dropped or stalled
+        transfer raises `APIConnectionError` / `APITimeoutError`.
+        """
         request = "GET " + url.split("?", 1)[0]
         session = self.pool.session()
         started = time.perf_counter()
         try:
-            # No API headers go with a download, so following a CDN's redirect leaks nothing.
-            response = await session.get(url, timeout=timeout, allow_redirects=True, max_redirects=5)
+            response = await session.get(
+                url, timeout=self.client_timeout(), allow_redirects=True, max_redirects=5
+            )
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             raise_connection_error(exc, request, sent=None)
         log.debug("%s -> %d (%.1f ms to headers)", request, response.status, _ms(started))
         if response.status >= 300:
             await self._raise_for_status(response, request)
-        return response
+        try:
+            declared = response.content_length
+            if declared is not None and declared > max_bytes:
+                raise ResponseDecodeError(
+                    f"{request} is {declared} bytes, over max_bytes={max_bytes}", request=request
+                )
+            size = 0
+            async for chunk in response.content.iter_chunked(_DOWNLOAD_CHUNK):
+                size += len(chunk)
+                if size > max_bytes:
+                    raise ResponseDecodeError(f"{request} is over max_bytes={max_bytes}", request=request)
+                await sink(chunk)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise_connection_error(exc, request, sent=True)
+        finally:
+            response.release()
 
     async def _raise_for_status(self, response: aiohttp.ClientResponse, request: str) -> NoReturn:
         try:

@@ -24,8 +24,9 @@ from typing import Final, Literal, cast
 import msgspec
 
 import mjasync
-from mjasync import ImagineResult, InvalidRequestError, Job, PromptParams
+from mjasync import InvalidRequestError, PromptParams
 
+from .._job import ImagineJob
 from .._models.params import MAX_PROMPT_CHARS, check_prompt_length
 
 __all__ = [
@@ -203,9 +204,9 @@ def validate_jobs(
             raise InputError(f"{source}:{job.line}: {exc}") from None
 
 
-def grid_job(mj: mjasync.Client, job: InputJob, mode: str | None) -> Job[ImagineResult]:
+def grid_job(mj: mjasync.Client, job: InputJob, mode: str | None) -> ImagineJob:
     """The grid (imagine) job for `job`, in its own mode else `mode`; built, not sent."""
-    chosen = cast("mjasync.Mode | None", job.mode or mode)
+    chosen = cast("mjasync.types.Mode | None", job.mode or mode)
     return mj.imagine(job.prompt, image_urls=job.image_urls, params=job.params, mode=chosen)
 
 

@@ -25,7 +25,7 @@ from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, cast
 
 import anyio
 
@@ -41,10 +41,11 @@ from mjasync import (
     MJError,
     RateLimitError,
     ResponseDecodeError,
-    TaskHandle,
 )
 
 from .._exceptions import TaskNotFoundError
+from .._job import ImagineHandle, ImagineJob
+from .._models.results import ImagineUpdate
 from .._redact import redact
 from ._batch_input import InputJob, Unit, digest, grid_job, iter_units
 from ._batch_view import BatchView
@@ -105,7 +106,7 @@ def _safe_name(key: str) -> str:
     return safe if safe == key else f"{safe}-{digest(key.encode())[:8]}"
 
 
-Work = Job[ImagineResult] | TaskHandle[ImagineResult]
+Work = ImagineJob | ImagineHandle
 
 
 @dataclass(frozen=True)
@@ -177,13 +178,14 @@ class BatchRun:
         first.sort(key=lambda u: order.get(type(self._journal.state(u.key).plan()), 2))
         return first
 
-    def _build(self, unit: Unit, parent: ImagineResult | str | None) -> Job[ImagineResult]:
+    def _build(self, unit: Unit, parent: ImagineResult | str | None) -> ImagineJob:
         if not unit.upscale:
             return grid_job(self._mj, unit.job, self._options.mode)
         if parent is None:
             raise InvalidRequestError(f"the grid {unit.job.key} has no image_id to upscale")
-        mode = unit.job.mode or self._options.mode
-        return self._mj.upscale(parent, unit.upscale, **({"mode": mode} if mode else {}))
+        mode = cast("mjasync.types.Mode | None", unit.job.mode or self._options.mode or None)
+        # `unit.action` is `upscale<n>`, n checked to be 1-4 when the input was read.
+        return self._mj.act(parent, unit.action, mode=mode)
 
     async def _prepare(self, unit: Unit, parent: ImagineResult | str | None = None) -> Work | None:
         """What run_many gets for `unit`, per its journal state; None when it ended (or stopped) here."""
@@ -197,7 +199,7 @@ class BatchRun:
         if unit.upscale and parent is None:
             grid = self._journal.state(unit.job.key)
             # The journal keeps both ids; the provider says which one a follow-up names.
-            parent = self._mj.follow_up_id(ImagineResult(task_id=grid.task_id, image_id=grid.image_id))
+            parent = self._mj.follow_up_id(ImagineUpdate(task_id=grid.task_id, image_id=grid.image_id))
         try:
             job = self._build(unit, parent)
         except InvalidRequestError as exc:
@@ -290,7 +292,7 @@ class BatchRun:
                     finishers.start_soon(self._finish, outcome)
             helpers.cancel_scope.cancel()
 
-    async def _finish(self, outcome: mjasync.Outcome[ImagineResult]) -> None:
+    async def _finish(self, outcome: mjasync.types.Outcome[ImagineResult]) -> None:
         """Handle one outcome: save, write its line (or leave it for a rerun), queue its follow-ups."""
         unit = self._by_index.pop(outcome.index)
         try:

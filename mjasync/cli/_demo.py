@@ -9,6 +9,7 @@ import anyio
 
 import mjasync
 
+from .._job import ImagineJob
 from .._providers import ProviderName
 from ..emulator import DEFAULT_TOKEN, Emulator
 from ._progress import ProgressView
@@ -62,14 +63,11 @@ async def _demo(out: Path, speed: float, prompt: str, provider: ProviderName) ->
             return paths
 
 
-async def _step(
-    view: ProgressView, label: str, job: mjasync.Job[mjasync.ImagineResult]
-) -> mjasync.ImagineResult:
+async def _step(view: ProgressView, label: str, job: ImagineJob) -> mjasync.ImagineResult:
     async with job.stream() as updates:
         with view.task(label) as bar:
             async for update in updates:
                 bar.update(update.progress or 0.0)
-    assert updates.final is not None  # the stream raises if it ends without one
     return updates.final
 
 

@@ -225,7 +225,7 @@ def _parent(store: Store, body: JSON, *keys: str) -> GoapiTask:
     """Return the finished task named by the first of *keys* present in *body*."""
     key = next((k for k in keys if body.get(k) not in (None, "")), keys[0])
     task_id = req_str(body, key)
-    parent = store.goapi_tasks.get(task_id)
+    parent = goapi_task(store, task_id)
     if parent is None:
         raise _derive_error(f"task `{task_id}` not found.")
     status = parent.status_at(store.clock())
@@ -514,7 +514,7 @@ async def fetch(request: web.Request) -> web.Response:
     """POST /mj/v2/fetch: the task object of `task_id` (goapi-api.md §2.2, §2.3)."""
     store = request.app[STORE_KEY]
     task_id = req_str(await json_body(request), "task_id")
-    task = store.goapi_tasks.get(task_id)
+    task = goapi_task(store, task_id)
     if task is None:
         raise bad_request(f"task `{task_id}` not found.")
     return web.json_response(task.snapshot(store.clock()))
@@ -527,5 +527,11 @@ async def multi_fetch(request: web.Request) -> web.Response:
     if not (isinstance(ids, list) and ids and all(isinstance(i, str) for i in ids)):
         raise bad_request("task_ids must be a non-empty list of strings.")
     now = store.clock()
-    data = {i: (task.snapshot(now) if (task := store.goapi_tasks.get(i)) else None) for i in ids}
+    data = {i: (task.snapshot(now) if (task := goapi_task(store, i)) else None) for i in ids}
     return web.json_response({"data": data})
+
+
+def goapi_task(store: Store, task_id: str) -> GoapiTask | None:
+    """The GoAPI task `task_id`, if there is one (the store keeps them as `BilledTask`s)."""
+    task = store.goapi_tasks.get(task_id)
+    return task if isinstance(task, GoapiTask) else None

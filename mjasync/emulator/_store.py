@@ -14,7 +14,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import aiohttp
 import anyio
@@ -22,9 +22,6 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from ._images import Spec
-
-if TYPE_CHECKING:
-    from ._goapi_tasks import GoapiTask
 
 __all__ = [
     "COUNTERS",
@@ -253,6 +250,17 @@ class TaskRecord:
         return record
 
 
+class BilledTask(Protocol):
+    """What the store needs of a GoAPI task (`_goapi_tasks.GoapiTask`, which builds on this module)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def billing_prompt(self) -> str: ...
+    @property
+    def finished_at(self) -> float: ...
+
+
 class Store:
     """All state of one emulator: tables, request log, counters, clock and background hooks."""
 
@@ -266,7 +274,7 @@ class Store:
         self.images: dict[str, ImageRecord] = {}
         self.videos: dict[str, VideoRecord] = {}
         #: GoAPI's tasks, apart from AceData's: neither provider can look up the other's ids.
-        self.goapi_tasks: dict[str, GoapiTask] = {}
+        self.goapi_tasks: dict[str, BilledTask] = {}
         self.requests: list[RecordedRequest] = []
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
         self.tasks_per_prompt: dict[str, int] = {}
@@ -359,7 +367,7 @@ class Store:
         self.count("submits")
         self.tasks_per_prompt[prompt] = self.tasks_per_prompt.get(prompt, 0) + 1
 
-    def add_goapi_task(self, task: GoapiTask) -> None:
+    def add_goapi_task(self, task: BilledTask) -> None:
         """Store a GoAPI task; every GoAPI task comes from a billed submit, counted like AceData's."""
         self.goapi_tasks[task.id] = task
         self.count("tasks")

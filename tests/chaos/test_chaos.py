@@ -74,14 +74,14 @@ async def test_chaos_every_job_ends_with_its_result_or_its_forced_error(
     async with Emulator(tokens=(EMULATOR_TOKEN,), faults=plan(seed)) as emu:
         client = mjasync.Client(api_key=EMULATOR_TOKEN, base_url=emu.url, poll=FAST_POLL, retry=retry)
         async with client:
-            outcomes_seen: list[mjasync.Outcome[mjasync.ImagineResult]] = []
+            outcomes_seen: list[mjasync.types.Outcome[mjasync.ImagineResult]] = []
             jobs = (client.imagine(prompt) for prompt in prompts)
             async with client.run_many(jobs, via=via) as outcomes:  # type: ignore[arg-type]
                 async for outcome in outcomes:
                     outcomes_seen.append(outcome)
             assert outcomes.unfinished == []
             assert open_connections(client) == 0, "a connection is still checked out"
-            assert client.limiter.statistics().in_flight == 0
+            assert client.statistics().limiter.in_flight == 0
         assert client._pool.closed
         leftover = {t for t in asyncio.all_tasks() - before if not t.done() and not _is_server_task(t)}
         if leftover:

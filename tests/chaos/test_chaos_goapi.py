@@ -87,7 +87,7 @@ class Run:
     """What one chaos run left: the jobs, their outcomes, and the emulator's records."""
 
     prompts: list[str]
-    outcomes: list[mjasync.Outcome[mjasync.ImagineResult]]
+    outcomes: list[mjasync.types.Outcome[mjasync.ImagineResult]]
     counters: dict[str, int]
     faults: dict[str, int]
     fault_log: list[FaultRecord]
@@ -95,7 +95,7 @@ class Run:
     requests: list[RecordedRequest]
     #: The prompt of each task a submit made before its answer was lost (a fault "after").
     lost_tasks: dict[str, str]
-    receiver: mjasync.ReceiverStatistics | None = None
+    receiver: mjasync.types.ReceiverStatistics | None = None
     #: Each prompt's submits, oldest first, by the status they got (None: reset, never answered).
     submits: dict[str, list[int | None]] = field(default_factory=dict)
 
@@ -137,7 +137,7 @@ async def run_chaos(name: str, via: str, faults: FaultPlan, *, drop_webhooks: in
         if drop_webhooks:
             emu.drop_callbacks(drop_webhooks)
         before = asyncio.all_tasks()
-        outcomes: list[mjasync.Outcome[mjasync.ImagineResult]] = []
+        outcomes: list[mjasync.types.Outcome[mjasync.ImagineResult]] = []
         receiver = mjasync.WebhookReceiver() if with_webhooks else None
         if receiver is not None:
             await stack.enter_async_context(receiver.serve(host="127.0.0.1"))
@@ -157,7 +157,7 @@ async def run_chaos(name: str, via: str, faults: FaultPlan, *, drop_webhooks: in
                         outcomes.append(outcome)
             assert results.unfinished == []
             assert open_connections(client) == 0, "a connection is still checked out"
-            assert client.limiter.statistics().in_flight == 0
+            assert client.statistics().limiter.in_flight == 0
         assert client._pool.closed
         leftover = {t for t in asyncio.all_tasks() - before if not t.done() and not _is_server_task(t)}
         if leftover:

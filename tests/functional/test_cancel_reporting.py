@@ -62,12 +62,12 @@ def task_prompt(emulator: Emulator, task_id: str) -> str | None:
 @pytest.mark.parametrize("via", ["poll", "stream"])
 @pytest.mark.parametrize("seed", SEEDS)
 async def test_a_cancelled_run_many_reports_every_task_it_made(
-    emulator: Emulator, mj: mjasync.Client, via: mjasync.WaitVia, seed: int
+    emulator: Emulator, mj: mjasync.Client, via: mjasync.types.WaitVia, seed: int
 ) -> None:
     """Cancelled at a random moment, a run's tasks are each received, unfinished or unconfirmed."""
     moment = random.Random(seed).uniform(0, LATEST)
     prompts = [f"run {via} {seed} job {i}" for i in range(40)]
-    received: list[mjasync.Outcome[mjasync.ImagineResult]] = []
+    received: list[mjasync.types.Outcome[mjasync.ImagineResult]] = []
     with anyio.fail_after(HANG):
         with anyio.move_on_after(moment):
             async with mj.run_many((mj.imagine(p) for p in prompts), concurrency=8, via=via) as outcomes:

@@ -24,7 +24,7 @@ async def test_the_limiter_learns_a_true_cap_and_every_job_finishes() -> None:
         jobs = [mj.imagine(f"capped {i}") for i in range(48)]
         async with mj.run_many(jobs, via="stream") as outcomes:
             results = [o async for o in outcomes]
-        stats = mj.limiter.statistics()
+        stats = mj.statistics().limiter
     assert all(o.ok for o in results), [o.error for o in results if not o.ok]
     assert stats.estimate == 4 and stats.limit in (4, 5), stats
     assert stats.in_flight == stats.retrying == 0

@@ -47,7 +47,7 @@ BAD_INPUTS: list[tuple[str, Any]] = [
     ("region without mask", lambda mj, g, u: mj.variation_region(u, None)),
     ("mask not an image", lambda mj, g, u: mj.variation_region(u, b"not an image")),
     ("empty prompt", lambda mj, g, u: mj.imagine("   ")),
-    ("negative timeout", lambda mj, g, u: mj.imagine("x", timeout=-1)),
+    ("negative server wait", lambda mj, g, u: mj.imagine("x", server_wait=-1)),
     ("stylize out of range", lambda mj, g, u: mj.imagine("x", params=mjasync.PromptParams(stylize=5000))),
     ("bad version", lambda mj, g, u: mj.imagine("x", version="seven")),
     ("bad quality", lambda mj, g, u: mj.imagine("x", quality="3")),
@@ -126,7 +126,7 @@ async def test_errors_in_every_wait_strategy_are_typed(mj: mjasync.Client) -> No
 
 
 async def test_sync_wait_past_the_server_timeout_raises_gateway_timeout() -> None:
-    """A synchronous call reads longer than the `timeout` it sends, so the provider's 504 arrives first.
+    """A synchronous call reads longer than the `server_wait` it sends, so the provider's 504 arrives first.
 
     The client's idle read limit is set far below the server timeout: had the long wait used it, the
     call would end in APITimeoutError, and the task id the 504 keeps would be lost.
@@ -138,7 +138,7 @@ async def test_sync_wait_past_the_server_timeout_raises_gateway_timeout() -> Non
             api_key=EMULATOR_TOKEN, base_url=emulator.url, timeouts=short_reads, retry=no_resilience
         ) as client:
             with pytest.raises(mjasync.GatewayTimeoutError) as caught:
-                await client.imagine("a slow cat", timeout=0.5).result(via="sync")
+                await client.imagine("a slow cat", server_wait=0.5).result(via="sync")
             assert [r.json["timeout"] for r in emulator.requests if r.json] == [0.5]
     assert caught.value.status == 504
     assert caught.value.code == "timeout"
@@ -165,7 +165,7 @@ async def test_wait_deadline_raises_wait_timeout_and_the_task_stays_known() -> N
             assert caught.value.task_id == handle.task_id
             record = await handle.record()
             assert record.id == handle.task_id
-            assert client.poller.fetches >= 1
+            assert client.statistics().lookups >= 1
 
 
 async def test_breaking_out_of_a_stream_releases_its_connection(mj: mjasync.Client) -> None:
@@ -466,7 +466,7 @@ async def test_a_failure_among_lines_read_together_raises_and_frees_the_stream()
             assert caught.value.task_id == "t1"
             assert caught.value.code == "bad_request"
             assert open_connections(client) == 0
-            assert client.limiter.statistics().in_flight == 0
+            assert client.statistics().limiter.in_flight == 0
             with pytest.raises(StopAsyncIteration):
                 await updates.__anext__()
 
@@ -487,4 +487,4 @@ async def test_lines_after_the_final_result_in_the_same_chunk_are_not_handed_out
             assert seen == [50, 100]
             assert updates.final is not None and updates.final.actions == actions
             assert open_connections(client) == 0
-            assert client.limiter.statistics().in_flight == 0
+            assert client.statistics().limiter.in_flight == 0

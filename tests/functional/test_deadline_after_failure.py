@@ -2,7 +2,7 @@
 
 A synchronous long wait and a stream's opening request carry the job's deadline as their own overall
 timeout, so the usual call needs no cancel scope; the waits that only a failure brings (a lookup to
-settle a submit of unknown fate, a Retry-After) are bounded by `submit_with_retries` itself. Each test
+settle a submit of unknown fate, a Retry-After) are bounded by `Engine.submit` itself. Each test
 breaks the request at once and makes the wait after it endless; `anyio.fail_after` is only a hang
 detector, far above the deadline and far below `Timeouts.total` and the Retry-After.
 """

@@ -127,7 +127,7 @@ async def test_edits_awaited_and_streamed(mj: mjasync.Client, mj_emulator: Any) 
     source = (await mj.imagine("a cat sitting on a table")).image_url
     assert source is not None
     edited = await mj.edits(source, "A cat sitting on a table", split_images=True)
-    assert isinstance(edited, mjasync.EditsResult) and edited.is_final
+    assert isinstance(edited, mjasync.types.EditsResult) and edited.is_final
     assert edited.sub_image_urls is not None and len(edited.sub_image_urls) == 4
     async with mj.edits(source, "in the snow").stream() as updates:
         seen = [u async for u in updates]
@@ -185,7 +185,10 @@ async def test_submit_then_wait_through_tasks(mj: mjasync.Client, mj_emulator: A
     assert result.is_final and result.task_id == handle.task_id
     record = await mj.retrieve_task(handle.task_id)
     assert record.id == handle.task_id and record.type == "imagine"
-    assert isinstance(record.response, mjasync.ImagineResult) and record.response.image_id == result.image_id
+    assert (
+        isinstance(record.response, mjasync.types.ImagineUpdate)
+        and record.response.image_id == result.image_id
+    )
     assert submitted(mj_emulator, "/midjourney/tasks"), "waiting went through the tasks endpoint"
     batch = await mj.retrieve_tasks([handle.task_id])
     assert [r.id for r in batch.items] == [handle.task_id] and batch.count == 1
@@ -198,7 +201,7 @@ async def test_many_waiting_handles_share_batched_lookups(mj: mjasync.Client, mj
     handles = [await mj.imagine(f"a cat number {i}").submit() for i in range(20)]
     results: dict[str, mjasync.ImagineResult] = {}
 
-    async def wait(handle: mjasync.TaskHandle[mjasync.ImagineResult]) -> None:
+    async def wait(handle: mjasync.types.ImagineHandle) -> None:
         results[handle.task_id] = await handle
 
     async with anyio.create_task_group() as group:
@@ -209,7 +212,7 @@ async def test_many_waiting_handles_share_batched_lookups(mj: mjasync.Client, mj
     batch_bodies = [b for b in submitted(mj_emulator, "/midjourney/tasks") if b["action"] == "retrieve_batch"]
     assert batch_bodies, "waiting handles were batched"
     assert len(submitted(mj_emulator, "/midjourney/tasks")) < len(handles)
-    assert mj.poller.fetches < len(handles)
+    assert mj.statistics().lookups < len(handles)
 
 
 async def test_a_job_is_sent_once(mj: mjasync.Client, mj_emulator: Any) -> None:

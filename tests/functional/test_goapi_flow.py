@@ -244,11 +244,11 @@ async def test_seed_flow_awaited_sends_goapi_bodies_and_reads_back_neutral_resul
     assert grid.image_id == raw["task_result"]["image_id"] and grid.progress == 100
     assert goapi.follow_up_id(grid) == g
 
-    assert isinstance(described, mjasync.DescribeResult) and described.is_final
+    assert isinstance(described, mjasync.types.DescribeResult) and described.is_final
     assert len(described.descriptions) == 4
     assert all(d and d[0] not in "1234" and "\u20e3" not in d for d in described.descriptions)
     assert described.raw is not None and "1\ufe0f\u20e3" in described.raw["task_result"]["message"]
-    assert isinstance(seeded, mjasync.SeedResult) and seeded.is_final and str(seeded.seed).isdigit()
+    assert isinstance(seeded, mjasync.types.SeedResult) and seeded.is_final and str(seeded.seed).isdigit()
     assert seeded.raw is not None and seeded.raw["meta"]["origin_task_id"] == g
     assert leaks(emu, KEY) == []
 
@@ -323,7 +323,7 @@ async def test_seed_flow_streamed_shows_rising_progress_with_previews() -> None:
         stepping(emu, clock),
     ):
 
-        async def streamed(job: mjasync.Job[mjasync.ImagineResult], name: str) -> list[mjasync.ImagineResult]:
+        async def streamed(job: mjasync.types.ImagineJob, name: str) -> list[mjasync.ImagineResult]:
             async with job.stream() as updates:
                 seen = [u async for u in updates]
             assert seen, name
@@ -418,7 +418,7 @@ async def test_many_waiting_handles_share_multi_fetch(goapi: mjasync.Client, emu
     assert [r.path for r in emu.requests] == ["/mj/v2/imagine"] * 20, "submit does not wait"
     results: dict[str, mjasync.ImagineResult] = {}
 
-    async def wait(handle: mjasync.TaskHandle[mjasync.ImagineResult]) -> None:
+    async def wait(handle: mjasync.types.ImagineHandle) -> None:
         results[handle.task_id] = await handle
 
     async with anyio.create_task_group() as group:
@@ -434,7 +434,7 @@ async def test_many_waiting_handles_share_multi_fetch(goapi: mjasync.Client, emu
     assert all(body is not None and len(body["task_ids"]) > 1 for body in batches)
     assert set().union(*(set(body["task_ids"]) for body in batches if body)) == ids
     assert len(found) < len(handles)
-    assert goapi.poller.fetches == len(found) < len(handles)
+    assert goapi.statistics().lookups == len(found) < len(handles)
 
 
 # --- failures -----------------------------------------------------------------------------------------
@@ -456,7 +456,7 @@ async def test_banned_word_fails_the_job_with_the_providers_message(
     assert error.task_id == task_id
     assert error.body is not None and json.loads(error.body)["status"] == "failed"
     record = await goapi.retrieve_task(task_id)
-    assert record.state == "failed" and isinstance(record.response, mjasync.ImagineResult)
+    assert record.state == "failed" and isinstance(record.response, mjasync.types.ImagineUpdate)
     assert record.response.failed and record.response.error == "Banned Prompt: gore"
 
 
@@ -595,13 +595,13 @@ async def test_retrieve_task_reads_the_task_object_as_a_record() -> None:
 
         clock.advance(5.0)
         running = await handle.record()
-        assert running.state == "processing" and isinstance(running.response, mjasync.ImagineResult)
+        assert running.state == "processing" and isinstance(running.response, mjasync.types.ImagineUpdate)
         assert running.response.progress in (20, 40, 60, 80) and not running.response.is_final
 
         clock.advance(5.0)
         done = await mj.retrieve_task(handle.task_id)
         assert done.state == "finished" and done.mode == "turbo"
-        assert isinstance(done.response, mjasync.ImagineResult) and done.response.is_final
+        assert isinstance(done.response, mjasync.types.ImagineUpdate) and done.response.is_final
         assert done.response.task_id == handle.task_id and done.response.actions == GRID_ACTIONS
         assert done.created_at is not None and done.started_at is not None and done.finished_at is not None
         assert done.created_at <= done.started_at <= done.finished_at

@@ -86,7 +86,7 @@ def counters(url: str) -> dict[str, Any]:
 
 def known_task_bytes(client: mjasync.Client) -> int:
     """Bytes held by the client's table of the task ids it holds, to explain a failure (0 if unknown)."""
-    known = client._core.known_tasks
+    known = client._engine.known_tasks
     ids: set[str] = getattr(known, "_ids", set())
     order = getattr(known, "_order", ())
     return sys.getsizeof(ids) + sys.getsizeof(order) + sum(sys.getsizeof(i) for i in ids)

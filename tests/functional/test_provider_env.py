@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 import mjasync
-from mjasync._callbacks import CallbackInbox
+from mjasync._inbox import CallbackInbox
 from mjasync._providers.goapi import GOAPI
 from mjasync.cli import main as cli_main
 
@@ -81,7 +81,7 @@ async def test_the_receiver_reads_the_secret_from_the_header_the_provider_declar
     }
     receiver = mjasync.WebhookReceiver(secret=SECRET)
     async with receiver.serve():
-        inbox: CallbackInbox[mjasync.ImagineResult] = CallbackInbox(
+        inbox: CallbackInbox[mjasync.types.ImagineUpdate] = CallbackInbox(
             OtherHeaderProvider(),  # type: ignore[arg-type]
             mjasync.ImagineResult,
         )

@@ -9,11 +9,14 @@ never a 500 and never a result; and the receiver's secret shows in no repr and n
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import http.client
 import json
 import logging
 import os
 import resource
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -25,16 +28,18 @@ from urllib.parse import urlsplit
 import aiohttp
 import anyio
 import pytest
+from aiohttp.web_protocol import RequestHandler
 from anyio.abc import SocketStream, TaskStatus
 from anyio.from_thread import start_blocking_portal
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import mjasync
-from mjasync import _redact
-from mjasync._callbacks import CallbackInbox
+from mjasync import _redact, webhooks
+from mjasync._inbox import CallbackInbox
 from mjasync._providers import get_provider
-from mjasync.webhooks import _connection_cap
+from mjasync.emulator import ManualClock
+from mjasync.webhooks import ReceiverStatistics, _connection_cap, _Connections
 
 from ..helpers import until
 
@@ -57,9 +62,9 @@ def finished_task(task_id: str = TASK) -> bytes:
     return json.dumps({"task_id": task_id, "status": "finished", "task_result": result}).encode()
 
 
-def awaiting(receiver: mjasync.WebhookReceiver) -> tuple[CallbackInbox[mjasync.ImagineResult], str]:
+def awaiting(receiver: mjasync.WebhookReceiver) -> tuple[CallbackInbox[mjasync.types.ImagineUpdate], str]:
     """An inbox waiting for `TASK` (as a GoAPI job's), and the address its callbacks go to."""
-    inbox = CallbackInbox(get_provider("goapi"), mjasync.ImagineResult)
+    inbox = CallbackInbox(get_provider("goapi"), mjasync.types.ImagineUpdate)
     inbox.expect(TASK)
     target, _ = receiver.open_route(inbox, progress=False, ttl=None)
     return inbox, target.url
@@ -110,9 +115,9 @@ async def hold_open(
     """Connect, send *start* (a part of a request), then wait for the receiver's answer or close."""
     client.opened = time.monotonic()  # before the receiver can have started its clock
     async with await anyio.connect_tcp("127.0.0.1", port) as stream:
-        client.stream = stream
         if start:
             await stream.send(start)
+        client.stream = stream  # only now, so `drip` never writes while *start* is being written
         task_status.started()
         answer = b""
         try:
@@ -359,6 +364,43 @@ async def test_out_of_descriptors_accepting_pauses_with_one_warning_and_resumes(
     assert [(record.name, record.levelname) for record in logged.records] == [("mjasync.webhooks", "WARNING")]
 
 
+async def test_out_of_descriptors_it_warns_once_a_minute_of_the_receivers_clock(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every accept refused for want of a descriptor, on the receiver's clock: one warning per 60 s."""
+    clock = ManualClock(start=0.0)
+
+    def no_protocol() -> RequestHandler:
+        raise AssertionError("nothing is accepted here")
+
+    connections = _Connections(
+        no_protocol,
+        limit=1,
+        header_timeout=SLOW_TIMEOUT,
+        stats=ReceiverStatistics(),
+        clock=clock,
+    )
+    send_refusal, refusals = anyio.create_memory_object_stream[None]()
+
+    async def refused_accept(listener: socket.socket) -> tuple[socket.socket, Any]:
+        await refusals.receive()
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(asyncio.get_running_loop(), "sock_accept", refused_accept)
+    monkeypatch.setattr(webhooks, "_ACCEPT_PAUSE", 0.0)  # the pause after each refusal is not the point
+    warned: list[float] = []
+    with counting_logs("mjasync") as logged, send_refusal, refusals, socket.socket() as listener:
+        async with anyio.create_task_group() as group:
+            group.start_soon(connections.accept, listener)
+            for moment in (0.0, 1.0, 59.0, 60.0, 61.0, 119.0, 120.0):
+                clock.advance(moment - clock())
+                await send_refusal.send(None)
+                await anyio.wait_all_tasks_blocked()  # the refusal is handled; accepting waits again
+                warned += [moment] * (len(logged.records) - len(warned))
+            group.cancel_scope.cancel()
+    assert warned == [0.0, 60.0, 120.0]
+
+
 def test_the_connection_cap_stays_below_the_descriptor_limit() -> None:
     assert _connection_cap(1024, None, 30) == 1024
     assert _connection_cap(1024, 20000, 30) == 1024
@@ -374,7 +416,7 @@ class Fuzzed:
     """A receiver served from a thread of its own, for a synchronous hypothesis test to post to."""
 
     receiver: mjasync.WebhookReceiver
-    inbox: CallbackInbox[mjasync.ImagineResult]
+    inbox: CallbackInbox[mjasync.types.ImagineUpdate]
     url: str
 
 
@@ -461,7 +503,7 @@ def test_after_bodies_it_cannot_decode_the_receiver_still_serves(fuzzed: Fuzzed)
 @pytest.mark.parametrize("opener", ["[", '{"a":'])
 async def test_a_callback_nested_5000_deep_is_refused_400(provider: str, opener: str) -> None:
     async with served() as (receiver, _):
-        inbox = CallbackInbox(get_provider(provider), mjasync.ImagineResult)
+        inbox = CallbackInbox(get_provider(provider), mjasync.types.ImagineUpdate)
         inbox.expect(TASK)
         target, _ = receiver.open_route(inbox, progress=False, ttl=None)
         async with aiohttp.ClientSession() as session:
@@ -491,7 +533,7 @@ class ChokingProvider:
 )
 async def test_a_decoder_failing_any_way_is_answered_400(error: BaseException) -> None:
     async with served() as (receiver, _):
-        inbox: CallbackInbox[mjasync.ImagineResult] = CallbackInbox(
+        inbox: CallbackInbox[mjasync.types.ImagineUpdate] = CallbackInbox(
             ChokingProvider(error),  # type: ignore[arg-type]
             mjasync.ImagineResult,
         )

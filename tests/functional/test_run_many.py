@@ -30,7 +30,7 @@ async def test_outcomes_arrive_for_every_job_with_batched_polling(
     assert all(o.ok and o.result is not None and o.result.is_final for o in seen)
     assert all(o.task_id == o.result.task_id for o in seen if o.result)
     assert outcomes.unfinished == []
-    assert mj.poller.fetches < 40
+    assert mj.statistics().lookups < 40
     assert mj_emulator.counters["submits"] == 40
 
 
@@ -44,6 +44,17 @@ async def test_mixed_jobs_and_one_failure_do_not_cancel_the_rest(mj: mjasync.Cli
     assert all(by_index[i].ok for i in (0, 1, 3))
     assert by_index[1].result is not None
     assert "upscale_2x" in by_index[1].result.actions
+
+
+async def test_an_outcome_is_succeeded_or_failed_and_ok_says_which(mj: mjasync.Client) -> None:
+    """`ok is True` exactly on a `Succeeded` (a final result, no error) and `ok is False` on a `Failed`
+    (its error, no result): both read `result` and `error`, as user code without isinstance does."""
+    async with mj.run_many([mj.imagine("a dog"), mj.imagine("gore")], concurrency=2) as outcomes:
+        done, refused = sorted([o async for o in outcomes], key=lambda o: o.index)
+    assert isinstance(done, mjasync.types.Succeeded) and done.ok is True and done.error is None
+    assert done.result.image_url.startswith("http") and done.retries_taken == done.result.retries_taken
+    assert isinstance(refused, mjasync.types.Failed) and refused.ok is False and refused.result is None
+    assert isinstance(refused.error, mjasync.ModerationError) and refused.retries_taken == 0
 
 
 async def test_fail_fast_raises_the_first_error(mj: mjasync.Client) -> None:
@@ -60,7 +71,7 @@ async def test_async_iterables_and_lazy_consumption(mj: mjasync.Client) -> None:
     """An async generator of jobs is pulled only as slots free up, never far ahead of the outcomes."""
     pulled = 0
 
-    async def jobs() -> AsyncIterator[mjasync.Job[mjasync.ImagineResult]]:
+    async def jobs() -> AsyncIterator[mjasync.types.ImagineJob]:
         nonlocal pulled
         for i in range(30):
             pulled += 1
@@ -79,7 +90,7 @@ async def test_async_iterables_and_lazy_consumption(mj: mjasync.Client) -> None:
 async def test_an_error_in_the_input_iterable_is_raised_plainly(mj: mjasync.Client) -> None:
     """A failing input generator stops the run and its own exception comes out (no ExceptionGroup)."""
 
-    def jobs() -> Iterator[mjasync.Job[mjasync.ImagineResult]]:
+    def jobs() -> Iterator[mjasync.types.ImagineJob]:
         yield mj.imagine("fox")
         raise LookupError("the prompt file vanished")
 
@@ -110,7 +121,7 @@ async def test_leaving_early_cancels_and_reports_accepted_unfinished_tasks() -> 
             }
             assert emulator.counters["submits"] == 5
             assert set(outcomes.unfinished) >= {t for t in known if t}
-            assert client.limiter.statistics().in_flight == 0
+            assert client.statistics().limiter.in_flight == 0
 
 
 def _is_server_task(task: asyncio.Task[Any]) -> bool:

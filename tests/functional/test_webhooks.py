@@ -159,7 +159,7 @@ def forged(template: dict[str, Any], task_id: str) -> dict[str, Any]:
 class Waiter:
     """Awaits a handle in the background, so a test can look at it while it waits."""
 
-    def __init__(self, handle: mjasync.TaskHandle[Any]) -> None:
+    def __init__(self, handle: mjasync.TaskHandle[Any, Any]) -> None:
         self.handle = handle
         self.result: Any = None
         self.done = anyio.Event()
@@ -308,7 +308,7 @@ async def test_a_wrong_secret_is_refused_and_resolves_nothing() -> None:
                 await waiters[1].done.wait()
             assert waiters[1].result.image_url == template_image(template)
 
-            await anyio.sleep(0.2)
+            await anyio.wait_all_tasks_blocked()  # a job resolved would have woken its waiter by now
             assert not waiters[0].done.is_set(), "a refused callback resolved the job"
             stats = h.receiver.statistics()
             assert stats.rejected - baseline.rejected == 2
@@ -517,7 +517,7 @@ async def test_a_callback_that_names_no_task_is_acknowledged_and_resolves_nothin
             assert (status, answer) == (200, {"status": "ignored"})
             stats = h.receiver.statistics()
             assert (stats.ignored - before.ignored, stats.delivered - before.delivered) == (1, 0)
-            await anyio.sleep(0.2)
+            await anyio.wait_all_tasks_blocked()  # a job resolved would have woken its waiter by now
             assert not waiter.done.is_set(), "a callback naming no task resolved the job"
 
             assert h.clock is not None
@@ -794,12 +794,13 @@ async def test_awaiting_a_job_with_its_own_callback_url_polls() -> None:
 
 
 async def test_the_address_of_a_never_awaited_handle_expires() -> None:
-    receiver = mjasync.WebhookReceiver(secret=SECRET, route_ttl=0.3)
+    receiver_clock = ManualClock(start=0.0)
+    receiver = mjasync.WebhookReceiver(secret=SECRET, route_ttl=30.0, clock=receiver_clock)
     async with hooked("goapi", receiver=receiver, held=True) as h:
         forgotten = await h.mj.imagine("a forgotten boat").submit()
         route = route_of(h.emu.requests[-1])
         assert receiver.statistics().open_routes == 1
-        await anyio.sleep(0.4)
+        receiver_clock.advance(30.0)
 
         status, answer = await post(route, {"task_id": forgotten.task_id, "status": "processing"})
         assert (status, answer) == (200, {"status": "ignored"}), "an expired address resolves nothing"

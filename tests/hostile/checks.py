@@ -176,9 +176,9 @@ def assert_one_task_per_job(server: HostileServer, *, resubmit_allowed: bool = F
 
 def unconfirmed_of(outcomes: Any) -> list[Any]:
     """`outcomes.unconfirmed` (helper H2's); an explicit failure while it does not exist."""
-    kind = getattr(mjasync, "UnconfirmedSubmit", None)
+    kind = getattr(mjasync.types, "UnconfirmedSubmit", None)
     assert kind is not None and hasattr(outcomes, "unconfirmed"), (
-        "Outcomes.unconfirmed (a list of mjasync.UnconfirmedSubmit(index, request, sent_at)) does not exist"
+        "Outcomes.unconfirmed (a list of mjasync.types.UnconfirmedSubmit(index, request, sent_at)) does not exist"
     )
     items = list(outcomes.unconfirmed)
     for item in items:

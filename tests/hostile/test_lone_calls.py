@@ -18,7 +18,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 import mjasync
-from mjasync import WaitVia
+from mjasync.types import WaitVia
 
 from .checks import (
     assert_no_secret_in_error,
@@ -54,7 +54,7 @@ def _keep(trial: Trial, job: Any) -> Any:
 
 
 async def _await_via(via: WaitVia, mj: mjasync.Client, trial: Trial, tag: str) -> Any:
-    job = _keep(trial, mj.imagine(f"hostile lone imagine {tag}", timeout=1))
+    job = _keep(trial, mj.imagine(f"hostile lone imagine {tag}", server_wait=1))
     return await job.result(via=via)
 
 

@@ -39,7 +39,7 @@ def index_of(server: HostileServer, task_id: str) -> int:
 
 
 def assert_every_task_reported(
-    server: HostileServer, seen: dict[int, mjasync.Outcome[Any]], outcomes: mjasync.Outcomes[Any]
+    server: HostileServer, seen: dict[int, mjasync.types.Outcome[Any]], outcomes: mjasync.types.Outcomes[Any]
 ) -> None:
     unfinished = set(outcomes.unfinished)
     unconfirmed = {getattr(item, "index", None) for item in unconfirmed_of(outcomes)}
@@ -67,9 +67,9 @@ async def check_run_many(
     cancel_after: int | None,
     resubmit: bool,
 ) -> None:
-    seen: dict[int, mjasync.Outcome[Any]] = {}
+    seen: dict[int, mjasync.types.Outcome[Any]] = {}
     escaped: BaseException | None = None
-    outcomes: mjasync.Outcomes[Any] | None = None
+    outcomes: mjasync.types.Outcomes[Any] | None = None
     with capture_logs() as logs:
         async with serve(provider, script) as server:
             try:

@@ -88,7 +88,7 @@ class HostileSession(RuleBasedStateMachine):
         tag = self._tag()
         self.portal.call(self.server.reset, script)
         before = len(self.server.created)
-        seen: dict[int, mjasync.Outcome[Any]] = {}
+        seen: dict[int, mjasync.types.Outcome[Any]] = {}
         box: dict[str, Any] = {}
 
         async def run() -> None:

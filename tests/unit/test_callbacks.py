@@ -10,17 +10,18 @@ import anyio
 import pytest
 
 import mjasync
-from mjasync._callbacks import CallbackInbox
 from mjasync._exceptions import ResponseDecodeError
+from mjasync._inbox import CallbackInbox
 from mjasync._providers import get_provider
+from mjasync.emulator import ManualClock
 
 from ..virtual_time import VirtualTime
 
 SECRET = "a-webhook-secret-for-tests"
 
 
-def goapi_inbox() -> CallbackInbox[mjasync.ImagineResult]:
-    return CallbackInbox(get_provider("goapi"), mjasync.ImagineResult)
+def goapi_inbox() -> CallbackInbox[mjasync.types.ImagineUpdate]:
+    return CallbackInbox(get_provider("goapi"), mjasync.types.ImagineUpdate)
 
 
 def task(task_id: str, status: str = "processing", progress: int = 20) -> bytes:
@@ -101,7 +102,7 @@ async def test_the_queue_is_bounded_and_keeps_the_newest() -> None:
 
 async def test_next_waits_for_a_callback_and_gives_up_after_within() -> None:
     fake = VirtualTime()
-    inbox = CallbackInbox(get_provider("goapi"), mjasync.ImagineResult, sleep=fake.sleep)
+    inbox = CallbackInbox(get_provider("goapi"), mjasync.types.ImagineUpdate, sleep=fake.sleep)
     assert await fake.drive(lambda: inbox.next(within=0.05)) is None
     assert fake.now == 0.05, "it waited `within`, on the time it was given"
 
@@ -128,7 +129,7 @@ def test_a_body_that_is_no_callback_raises(body: bytes) -> None:
 
 def test_the_inbox_knows_which_header_carries_the_secret() -> None:
     assert goapi_inbox().secret_header == "x-webhook-secret"
-    assert CallbackInbox(get_provider("acedata"), mjasync.ImagineResult).secret_header is None
+    assert CallbackInbox(get_provider("acedata"), mjasync.types.ImagineUpdate).secret_header is None
 
 
 # --- WebhookReceiver routes ---------------------------------------------------------------------------
@@ -186,14 +187,24 @@ def test_each_route_is_its_own_address_and_closes_once() -> None:
     assert receiver.statistics().open_routes == 0
 
 
-async def test_expired_routes_are_swept_when_another_opens() -> None:
-    receiver = mjasync.WebhookReceiver(secret=SECRET, public_url="http://127.0.0.1:9/h", route_ttl=30.0)
-    receiver.open_route(goapi_inbox(), progress=False, ttl=0.05)  # a job's deadline is shorter
-    receiver.open_route(goapi_inbox(), progress=False, ttl=0.05)
-    assert receiver.statistics().open_routes == 2
-    await anyio.sleep(0.1)
+def test_expired_routes_are_swept_when_another_opens() -> None:
+    with pytest.raises(mjasync.InvalidRequestError, match="clock"):
+        mjasync.WebhookReceiver(clock=5.0)  # type: ignore[arg-type]
+    clock = ManualClock(start=0.0)
+    receiver = mjasync.WebhookReceiver(
+        secret=SECRET, public_url="http://127.0.0.1:9/h", route_ttl=30.0, clock=clock
+    )
+    receiver.open_route(goapi_inbox(), progress=False, ttl=5.0)  # a job's deadline is shorter
+    receiver.open_route(goapi_inbox(), progress=False, ttl=5.0)
+    clock.advance(4.0)
+    receiver.open_route(goapi_inbox(), progress=False, ttl=None)  # open until 34
+    assert receiver.statistics().open_routes == 3, "none has expired yet"
+    clock.advance(1.0)
     receiver.open_route(goapi_inbox(), progress=False, ttl=None)
-    assert receiver.statistics().open_routes == 1
+    assert receiver.statistics().open_routes == 2, "the two short ones expired, on the receiver's clock"
+    clock.advance(29.0)
+    receiver.open_route(goapi_inbox(), progress=False, ttl=None)
+    assert receiver.statistics().open_routes == 2, "route_ttl bounds a route without a deadline"
 
 
 def test_statistics_are_a_snapshot() -> None:
@@ -201,7 +212,7 @@ def test_statistics_are_a_snapshot() -> None:
     before = receiver.statistics()
     receiver.open_route(goapi_inbox(), progress=False, ttl=None)
     assert before.open_routes == 0
-    assert receiver.statistics() == mjasync.ReceiverStatistics(open_routes=1)
+    assert receiver.statistics() == mjasync.types.ReceiverStatistics(open_routes=1)
 
 
 # --- a callback must name the awaited task (issue 12) -------------------------------------------------
@@ -210,7 +221,7 @@ def test_statistics_are_a_snapshot() -> None:
 @pytest.mark.parametrize("provider", ["goapi", "acedata"])
 @pytest.mark.parametrize("expected", [None, "t1"], ids=["before-submit-answers", "task-known"])
 async def test_a_callback_naming_no_task_is_ignored(provider: str, expected: str | None) -> None:
-    inbox = CallbackInbox(get_provider(provider), mjasync.ImagineResult)
+    inbox = CallbackInbox(get_provider(provider), mjasync.types.ImagineUpdate)
     if expected is not None:
         inbox.expect(expected)
     if provider == "goapi":
@@ -230,7 +241,7 @@ async def test_a_callback_naming_no_task_is_ignored(provider: str, expected: str
 
 
 def test_a_callback_for_another_task_is_ignored_for_acedata_too() -> None:
-    inbox = CallbackInbox(get_provider("acedata"), mjasync.ImagineResult)
+    inbox = CallbackInbox(get_provider("acedata"), mjasync.types.ImagineUpdate)
     inbox.expect("t1")
     other = {"success": True, "task_id": "t2", "image_url": "http://127.0.0.1:9/x.png", "progress": 100}
     assert not inbox.deliver(json.dumps(other).encode())

@@ -35,7 +35,7 @@ from mjasync._exceptions import (
     StreamError,
     StreamInterruptedError,
 )
-from mjasync._models.results import ImagineResult, Result
+from mjasync._models.results import ImagineUpdate, Result
 from mjasync._providers.acedata import AceDataProvider
 from mjasync._transport._send import Transport
 
@@ -404,7 +404,7 @@ def test_repr_of_a_mapped_error() -> None:
 
 def test_job_failed_from_the_failure_callback() -> None:
     """The seed's failure webhook body becomes a JobFailedError with its code, message and task_id."""
-    result = PROVIDER.decode_result(ImagineResult, fixture("seed000_callback_failure.json"))
+    result = PROVIDER.decode_result(ImagineUpdate, fixture("seed000_callback_failure.json"))
     error = PROVIDER.job_failed(result, request="POST /midjourney/imagine")
     assert type(error) is JobFailedError
     assert not isinstance(error, APIStatusError)

@@ -24,7 +24,7 @@ from mjasync._models.requests import (
     TranslateRequest,
     VideosRequest,
 )
-from mjasync._models.results import DescribeResult, ImagineResult, Result, SeedResult
+from mjasync._models.results import DescribeResult, ImagineUpdate, Result, SeedResult
 from mjasync._providers import CallbackTarget, GoapiProvider
 
 GOAPI = Path(__file__).resolve().parent.parent / "fixtures" / "goapi"
@@ -134,11 +134,12 @@ def test_identity_and_credentials() -> None:
     assert PROVIDER.callback_secret_header == "x-webhook-secret"
     assert PROVIDER.auth_headers("k-123") == {"x-api-key": "k-123"}
     assert PROVIDER.credential_headers() == frozenset({"x-api-key"})
-    assert PROVIDER.follow_up_id(ImagineResult(task_id="t-1", image_id="i-1")) == "t-1"
-    assert PROVIDER.allowed_actions(ImagineResult(actions=["upscale1", "reroll"])) == {"upscale1", "reroll"}
+    assert PROVIDER.follow_up_id(ImagineUpdate(task_id="t-1", image_id="i-1")) == "t-1"
+    assert PROVIDER.allowed_actions(ImagineUpdate(actions=["upscale1", "reroll"])) == {"upscale1", "reroll"}
     assert PROVIDER.recent_tasks_request(DescribeRequest(image_url="https://a.b/c.png"), since=0.0) is None
     assert (
-        PROVIDER.same_request(mjasync.TaskRecord(), DescribeRequest(image_url="https://a.b/c.png")) is False
+        PROVIDER.same_request(mjasync.types.TaskRecord(), DescribeRequest(image_url="https://a.b/c.png"))
+        is False
     )
 
 
@@ -211,7 +212,7 @@ def test_the_follow_up_table_covers_every_goapi_action_the_client_names() -> Non
     ]  # fmt: skip
     task = task_object()
     task["task_result"]["actions"] = [*goapi_actions, "outpaint_custom"]
-    neutral = PROVIDER.decode_result(ImagineResult, encode(task)).actions
+    neutral = PROVIDER.decode_result(ImagineUpdate, encode(task)).actions
     assert neutral[-1] == "outpaint_custom"
     assert sorted(neutral[:-1]) == sorted(action for action, _, _ in FOLLOW_UPS)
     with pytest.raises(mjasync.UnsupportedFeatureError, match="outpaint_custom"):
@@ -389,7 +390,7 @@ def test_a_receipt_without_status_is_accepted() -> None:
 def test_the_documented_task_object_decodes_to_a_final_result() -> None:
     """goapi-api.md §2.3: a finished grid; neutral fields filled, the whole object kept in raw."""
     task = task_object()
-    result = PROVIDER.decode_result(ImagineResult, encode(task), request="POST /mj/v2/fetch")
+    result = PROVIDER.decode_result(ImagineUpdate, encode(task), request="POST /mj/v2/fetch")
     assert result.is_final and result.finished is True and not result.failed
     assert result.task_id == "c0d39b5a-…" and result.image_id == "34ca8bae-…"
     assert result.image_url == "https://img.midjourneyapi.xyz/mj/<task_id>.png"
@@ -398,7 +399,7 @@ def test_the_documented_task_object_decodes_to_a_final_result() -> None:
     assert result.raw == task
     assert result.raw["task_result"]["discord_image_url"] == "https://cdn.discordapp.com/attachments/…"
     assert result.error is None and result.success is True
-    assert PROVIDER.decode_callback(ImagineResult, encode(task)) == result
+    assert PROVIDER.decode_callback(ImagineUpdate, encode(task)) == result
 
 
 def test_the_documented_task_object_as_a_record() -> None:
@@ -407,16 +408,16 @@ def test_the_documented_task_object_as_a_record() -> None:
     assert record.mode == "fast" and record.request == {"prompt": "…"}
     assert (record.created_at, record.started_at, record.finished_at) == (1709035361, 1709035380, 1709035414)
     assert record.duration == 34 and record.trace_id is None
-    assert isinstance(record.response, ImagineResult) and record.response.is_final
+    assert isinstance(record.response, ImagineUpdate) and record.response.is_final
     assert PROVIDER.task_state(record) == "succeeded"
 
 
 @pytest.mark.parametrize(
     ("task_type", "kind"),
     [
-        ("imagine", ImagineResult), ("upscale", ImagineResult), ("variation", ImagineResult),
-        ("reroll", ImagineResult), ("inpaint", ImagineResult), ("outpaint", ImagineResult),
-        ("pan", ImagineResult), ("blend", ImagineResult), ("describe", DescribeResult),
+        ("imagine", ImagineUpdate), ("upscale", ImagineUpdate), ("variation", ImagineUpdate),
+        ("reroll", ImagineUpdate), ("inpaint", ImagineUpdate), ("outpaint", ImagineUpdate),
+        ("pan", ImagineUpdate), ("blend", ImagineUpdate), ("describe", DescribeResult),
         ("seed", SeedResult), ("something_new", Result), (None, Result),
     ],
 )  # fmt: skip
@@ -437,7 +438,7 @@ def test_multi_fetch_leaves_out_null_entries() -> None:
     assert list(bodies) == [task["task_id"]] and json.loads(bodies[task["task_id"]]) == task
     batch = PROVIDER.decode_task_batch(encode(answer))
     assert batch.count == 1 and [r.id for r in batch.items] == [task["task_id"]]
-    assert isinstance(batch.items[0].response, ImagineResult) and batch.items[0].response.is_final
+    assert isinstance(batch.items[0].response, ImagineUpdate) and batch.items[0].response.is_final
     assert PROVIDER.task_bodies(b'{"data": {}}', batch=True) == {}
 
 
@@ -460,7 +461,7 @@ def failed_task(*messages: str, message: str = "") -> dict[str, Any]:
 def test_a_failed_task_reports_its_error_and_maps_to_job_failed() -> None:
     """§2.6: a task-level failure is `status: failed` with the reason in task_result.error_messages."""
     task = failed_task("Banned Prompt: gore")
-    result = PROVIDER.decode_result(ImagineResult, encode(task))
+    result = PROVIDER.decode_result(ImagineUpdate, encode(task))
     assert result.failed and not result.is_final and result.finished is False
     assert result.error == "Banned Prompt: gore" and result.actions == [] and result.image_id is None
     record = PROVIDER.decode_task(encode(task))
@@ -482,7 +483,7 @@ def test_a_failed_task_reports_its_error_and_maps_to_job_failed() -> None:
     ],
 )
 def test_failure_messages(messages: tuple[str, ...], message: str, expected: str) -> None:
-    result = PROVIDER.decode_result(ImagineResult, encode(failed_task(*messages, message=message)))
+    result = PROVIDER.decode_result(ImagineUpdate, encode(failed_task(*messages, message=message)))
     assert result.error == expected
     error = PROVIDER.job_failed(result)
     assert error.message == expected and error.code is None
@@ -510,23 +511,23 @@ def test_task_state_for_every_status(status: str | None, state: str) -> None:
     task = task_object()
     task["status"] = status
     task["task_result"]["task_progress"] = 40
-    record = PROVIDER.decode_task(encode(task), ImagineResult)
+    record = PROVIDER.decode_task(encode(task), ImagineUpdate)
     assert record.state == (status or None)
     assert PROVIDER.task_state(record) == state
     if status in QUEUED or status is None:
         assert record.response is None, "a queued task has no response yet"
     else:
-        assert isinstance(record.response, ImagineResult)
+        assert isinstance(record.response, ImagineUpdate)
     if status == "processing":
         assert record.response is not None and record.response.progress == 40
         assert not record.response.is_final and record.response.actions == []
 
 
 def test_task_state_of_records_without_a_response() -> None:
-    assert PROVIDER.task_state(mjasync.TaskRecord(state="finished")) == "pending"
-    assert PROVIDER.task_state(mjasync.TaskRecord(state="processing")) == "pending"
-    assert PROVIDER.task_state(mjasync.TaskRecord(state="failed")) == "failed"
-    assert PROVIDER.task_state(mjasync.TaskRecord()) == "pending"
+    assert PROVIDER.task_state(mjasync.types.TaskRecord(state="finished")) == "pending"
+    assert PROVIDER.task_state(mjasync.types.TaskRecord(state="processing")) == "pending"
+    assert PROVIDER.task_state(mjasync.types.TaskRecord(state="failed")) == "failed"
+    assert PROVIDER.task_state(mjasync.types.TaskRecord()) == "pending"
 
 
 # --- lenient decoding ---------------------------------------------------------------------------------
@@ -552,13 +553,13 @@ def test_task_state_of_records_without_a_response() -> None:
     ids=["empty", "only-id", "all-null", "empty-parts", "null-fields"],
 )  # fmt: skip
 def test_every_field_is_optional(task: dict[str, Any]) -> None:
-    for kind in (ImagineResult, DescribeResult, SeedResult, Result):
+    for kind in (ImagineUpdate, DescribeResult, SeedResult, Result):
         record = PROVIDER.decode_task(encode(task), kind)
         assert PROVIDER.task_state(record) in ("pending", "succeeded")
         result = PROVIDER.decode_result(kind, encode(task))
         assert result.raw == task and result.task_id == (task.get("task_id") or None)
         assert result.error is None
-    imagine = PROVIDER.decode_result(ImagineResult, encode(task))
+    imagine = PROVIDER.decode_result(ImagineUpdate, encode(task))
     assert imagine.image_url is None and imagine.sub_image_urls is None and imagine.image_id is None
     if task.get("status") == "finished":
         assert imagine.actions == [] and imagine.progress == 100
@@ -574,7 +575,7 @@ def test_zero_times_read_as_absent_and_numbers_may_be_strings() -> None:
     task["task_result"].update(task_progress="40", seed=12345, image_id="")
     record = PROVIDER.decode_task(encode(task))
     assert record.started_at is None and record.finished_at is None and record.created_at == 1709035361
-    assert isinstance(record.response, ImagineResult) and record.response.progress == 40.0
+    assert isinstance(record.response, ImagineUpdate) and record.response.progress == 40.0
     assert record.response.image_id is None
     seed_task = task_object()
     seed_task["meta"]["task_type"] = "seed"
@@ -588,7 +589,7 @@ def test_a_finished_task_is_final_without_an_image_id() -> None:
     """goapi-api.md §2.3: any task_result field may be missing; `status: finished` is what ends a task."""
     task = task_object()
     del task["task_result"]["image_id"]
-    record = PROVIDER.decode_task(encode(task), ImagineResult)
+    record = PROVIDER.decode_task(encode(task), ImagineUpdate)
     assert PROVIDER.task_state(record) == "succeeded"
     assert record.response is not None and record.response.is_final
 
@@ -617,10 +618,10 @@ def test_malformed_task_objects_raise_response_decode_error(body: bytes) -> None
         PROVIDER.decode_task(body)
     assert caught.value.body is not None
     with pytest.raises(mjasync.ResponseDecodeError) as in_result:
-        PROVIDER.decode_result(ImagineResult, body, request="POST /mj/v2/fetch")
+        PROVIDER.decode_result(ImagineUpdate, body, request="POST /mj/v2/fetch")
     assert in_result.value.request == "POST /mj/v2/fetch"
     with pytest.raises(mjasync.ResponseDecodeError) as in_update:
-        PROVIDER.decode_update(ImagineResult, body, 3)
+        PROVIDER.decode_update(ImagineUpdate, body, 3)
     assert in_update.value.request == "line 3"
 
 
@@ -745,7 +746,7 @@ JSON_VALUES = st.recursive(
     max_leaves=25,
 )
 OBJECTS = st.dictionaries(KEYS, JSON_VALUES, max_size=8)
-KINDS = st.sampled_from([None, ImagineResult, DescribeResult, SeedResult, Result])
+KINDS = st.sampled_from([None, ImagineUpdate, DescribeResult, SeedResult, Result])
 
 
 @settings(max_examples=300, deadline=None)
@@ -758,7 +759,7 @@ def test_any_json_object_decodes_or_raises_response_decode_error(
         record = PROVIDER.decode_task(body, kind)
     except mjasync.ResponseDecodeError:
         return
-    assert isinstance(record, mjasync.TaskRecord)
+    assert isinstance(record, mjasync.types.TaskRecord)
     assert PROVIDER.task_state(record) in ("pending", "running", "succeeded", "failed")
     if record.response is not None:
         assert record.response.raw == task

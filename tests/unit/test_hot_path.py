@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 import math
-import time
 from typing import Any
 
 import pytest
@@ -19,7 +18,7 @@ from mjasync._transport import Transport
 
 
 class Clock:
-    """`time.monotonic` for `_attempts`, set by hand."""
+    """A clock for `SendRecord`, set by hand."""
 
     def __init__(self, now: float) -> None:
         self.now = now
@@ -41,10 +40,9 @@ def transport() -> Transport:
     )
 
 
-def test_the_deadline_is_set_at_the_first_send_only(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_deadline_is_set_at_the_first_send_only() -> None:
     clock = Clock(100.0)
-    monkeypatch.setattr(time, "monotonic", clock)
-    record = SendRecord(60.0)
+    record = SendRecord(60.0, clock=clock)
     assert deadline_of(record) is None and record.time_left() is None and not record.expired()
     record.mark_sent()
     assert deadline_of(record) == 160.0
@@ -59,12 +57,9 @@ def deadline_of(record: SendRecord) -> float | None:
     return record.deadline_at
 
 
-def test_a_first_send_gets_the_whole_deadline_and_later_ones_the_time_left(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_a_first_send_gets_the_whole_deadline_and_later_ones_the_time_left() -> None:
     clock = Clock(100.0)
-    monkeypatch.setattr(time, "monotonic", clock)
-    record = SendRecord(900.0)
+    record = SendRecord(900.0, clock=clock)
     record.mark_sent()
     assert record.time_left() == 900.0
     clock.now += _attempts._FRESH / 2  # the request goes out a moment after it was noted

@@ -14,14 +14,18 @@ from mjasync._models.requests import EditsRequest, ImagineRequest, SeedRequest, 
 from mjasync._models.results import (
     DescribeResult,
     EditsResult,
+    EditsUpdate,
     ErrorDetail,
     ImagineResult,
+    ImagineUpdate,
     Result,
     SeedResult,
     ShortenResult,
     SubmitReceipt,
     TranslateResult,
     VideoResult,
+    VideoUpdate,
+    finalize,
 )
 from mjasync._models.task import TaskRecord
 from mjasync._providers.acedata import AceDataProvider
@@ -36,37 +40,37 @@ PROVIDER = AceDataProvider()
 #: giving a TaskRecord whose response is an R, ("batch", R) -> decode_task_batch, ("request", Q) -> the
 #: request Struct Q (what we send). Every file in tests/fixtures/acedata/*.json must be listed here.
 EXPECTED: dict[str, tuple[str, type[Any]]] = {
-    "seed000_imagine_generate.json": ("result", ImagineResult),
-    "seed000_variation2.json": ("result", ImagineResult),
-    "seed000_upscale4.json": ("result", ImagineResult),
-    "seed000_image_prompt.json": ("result", ImagineResult),
-    "seed000_blend.json": ("result", ImagineResult),
-    "seed000_variation_region.json": ("result", ImagineResult),
+    "seed000_imagine_generate.json": ("result", ImagineUpdate),
+    "seed000_variation2.json": ("result", ImagineUpdate),
+    "seed000_upscale4.json": ("result", ImagineUpdate),
+    "seed000_image_prompt.json": ("result", ImagineUpdate),
+    "seed000_blend.json": ("result", ImagineUpdate),
+    "seed000_variation_region.json": ("result", ImagineUpdate),
     "seed000_variation_region_request_curl_fixed.json": ("request", ImagineRequest),
     "seed000_variation_region_request_python_fixed.json": ("request", ImagineRequest),
-    "seed000_callback_success.json": ("result", ImagineResult),
-    "seed000_callback_failure.json": ("result", ImagineResult),
+    "seed000_callback_success.json": ("result", ImagineUpdate),
+    "seed000_callback_failure.json": ("result", ImagineUpdate),
     "seed000_stream_request_python.json": ("request", ImagineRequest),
     "seed000_stream_request_js_fixed.json": ("request", ImagineRequest),
-    "seed001_imagine_generate.json": ("result", ImagineResult),
-    "seed001_variation2.json": ("result", ImagineResult),
-    "seed001_upscale4.json": ("result", ImagineResult),
+    "seed001_imagine_generate.json": ("result", ImagineUpdate),
+    "seed001_variation2.json": ("result", ImagineUpdate),
+    "seed001_upscale4.json": ("result", ImagineUpdate),
     "seed002_imagine_request.json": ("request", ImagineRequest),
-    "seed002_imagine_response.json": ("result", ImagineResult),
-    "seed004_edits_response.json": ("result", EditsResult),
+    "seed002_imagine_response.json": ("result", ImagineUpdate),
+    "seed004_edits_response.json": ("result", EditsUpdate),
     "seed004_edits_request.json": ("request", EditsRequest),
     "seed004_edits_async_receipt.json": ("result", SubmitReceipt),
-    "seed004_edits_callback.json": ("result", EditsResult),
+    "seed004_edits_callback.json": ("result", EditsUpdate),
     "seed004_error_api_error.json": ("result", Result),
-    "note_videos_response.json": ("result", VideoResult),
+    "note_videos_response.json": ("result", VideoUpdate),
     "note_describe_response.json": ("result", DescribeResult),
     "note_shorten_response.json": ("result", ShortenResult),
     "note_translate_request.json": ("request", TranslateRequest),
     "note_translate_response.json": ("result", TranslateResult),
     "note_seed_request.json": ("request", SeedRequest),
     "note_seed_response.json": ("result", SeedResult),
-    "note_task_record_fixed.json": ("task", ImagineResult),
-    "note_tasks_batch_fixed.json": ("batch", ImagineResult),
+    "note_task_record_fixed.json": ("task", ImagineUpdate),
+    "note_tasks_batch_fixed.json": ("batch", ImagineUpdate),
     "note_error_timeout_504_fixed.json": ("result", Result),
     "note_error_forbidden_403_composed.json": ("result", Result),
 }
@@ -105,9 +109,9 @@ FAILED = {
 SIZE_FIELDS = {"image_width", "image_height", "raw_image_width", "raw_image_height"}
 
 RESULT_KINDS = (
-    ImagineResult,
-    EditsResult,
-    VideoResult,
+    ImagineUpdate,
+    EditsUpdate,
+    VideoUpdate,
     DescribeResult,
     ShortenResult,
     TranslateResult,
@@ -308,7 +312,7 @@ def test_seed_result_keeps_the_documented_string() -> None:
 def test_unknown_fields_are_ignored() -> None:
     """Fields the Struct does not know (job_id, hold, nested junk) are skipped, known ones still decode."""
     body = b'{"job_id":"da317da6","hold":false,"extra":{"a":[1,{"b":null}]},"image_id":"42","progress":100}'
-    result = PROVIDER.decode_result(ImagineResult, body)
+    result = PROVIDER.decode_result(ImagineUpdate, body)
     assert result.image_id == "42"
     assert result.progress == 100
     assert not hasattr(result, "job_id")
@@ -317,7 +321,7 @@ def test_unknown_fields_are_ignored() -> None:
 @pytest.mark.parametrize("field", sorted(SIZE_FIELDS))
 def test_string_sizes_decode_to_int(field: str) -> None:
     """A width or height sent as a numeric string (the OAS types them as strings) decodes to an int."""
-    result = PROVIDER.decode_result(ImagineResult, json.dumps({field: "1024"}).encode())
+    result = PROVIDER.decode_result(ImagineUpdate, json.dumps({field: "1024"}).encode())
     value = getattr(result, field)
     assert type(value) is int
     assert value == 1024
@@ -338,14 +342,14 @@ def test_missing_optional_fields_are_none(kind: type[Result]) -> None:
 
 def test_error_as_a_string() -> None:
     """A bare-string `error` (some gateways send one) decodes as that string and marks the body failed."""
-    result = PROVIDER.decode_result(ImagineResult, b'{"success":false,"error":"fetch failed"}')
+    result = PROVIDER.decode_result(ImagineUpdate, b'{"success":false,"error":"fetch failed"}')
     assert result.error == "fetch failed"
     assert result.failed is True
 
 
 def test_error_null_is_not_a_failure() -> None:
     """`error: null` on a success body is no error."""
-    result = PROVIDER.decode_result(ImagineResult, b'{"success":true,"error":null}')
+    result = PROVIDER.decode_result(ImagineUpdate, b'{"success":true,"error":null}')
     assert result.error is None
     assert result.failed is False
 
@@ -366,7 +370,7 @@ def test_seed_as_number_or_string(raw: bytes, expected: str | int) -> None:
 
 
 @pytest.mark.parametrize(("raw", "expected"), [(b"35.5", 35.5), (b"100", 100.0), (b'"75"', 75.0)])
-@pytest.mark.parametrize("kind", [ImagineResult, EditsResult, VideoResult])
+@pytest.mark.parametrize("kind", [ImagineUpdate, EditsUpdate, VideoUpdate])
 def test_progress_is_a_float(kind: type[Result], raw: bytes, expected: float) -> None:
     """`progress` decodes to a float from a float, an int or a numeric string."""
     progress = PROVIDER.decode_result(kind, b'{"progress":' + raw + b"}").progress  # type: ignore[attr-defined]
@@ -377,9 +381,9 @@ def test_progress_is_a_float(kind: type[Result], raw: bytes, expected: float) ->
 # -- the recorded ndjson stream ------------------------------------------------------------------------
 
 
-def stream_updates() -> list[ImagineResult]:
+def stream_updates() -> list[ImagineUpdate]:
     lines = STREAM.read_bytes().splitlines()
-    return [PROVIDER.decode_update(ImagineResult, line, number) for number, line in enumerate(lines, 1)]
+    return [PROVIDER.decode_update(ImagineUpdate, line, number) for number, line in enumerate(lines, 1)]
 
 
 def test_recorded_stream_has_three_lines() -> None:
@@ -413,41 +417,148 @@ def test_recorded_stream_sizes_grow_to_the_final_grid() -> None:
     assert [update.image_width for update in stream_updates()] == [256, 256, 1024]
 
 
+# -- final results: the update a job ends with, narrowed to what finality guarantees -----------------------
+
+#: Each final type, the update it narrows, and what it guarantees.
+FINAL_TYPES = [
+    pytest.param(ImagineResult, ImagineUpdate, "image_url", id="imagine"),
+    pytest.param(EditsResult, EditsUpdate, "image_url", id="edits"),
+    pytest.param(VideoResult, VideoUpdate, "video_urls", id="videos"),
+]
+#: The short calls have no progress: each is its own update.
+SHORT_TYPES = [DescribeResult, ShortenResult, TranslateResult, SeedResult, SubmitReceipt, Result]
+
+
+@pytest.mark.parametrize(("final", "update", "narrowed"), FINAL_TYPES)
+def test_a_final_type_is_its_update_narrowed(
+    final: type[Result], update: type[Result], narrowed: str
+) -> None:
+    """The final type subclasses its update and names it; only the guaranteed field loses its default."""
+    assert issubclass(final, update)
+    assert final.update_type is update
+    assert update.update_type is update
+    assert not isinstance(update(), final)
+    assert final.__struct_fields__ == update.__struct_fields__
+    required = {f.name for f in msgspec.structs.fields(final) if f.required} - {
+        f.name for f in msgspec.structs.fields(update) if f.required
+    }
+    assert required == {narrowed}
+
+
+@pytest.mark.parametrize("kind", SHORT_TYPES)
+def test_a_short_call_is_its_own_update(kind: type[Result]) -> None:
+    """describe, shorten, translate, seed (and the bare Result) have no separate update type."""
+    assert kind.update_type is kind
+
+
+@pytest.mark.parametrize(
+    "name", sorted(n for n in FINAL if EXPECTED[n][1] in (ImagineUpdate, EditsUpdate, VideoUpdate))
+)
+def test_finalize_a_documented_final_update(name: str) -> None:
+    """Every documented finished imagine, edits and videos body finalizes with all its fields kept."""
+    update = decode(name)
+    kind = {ImagineUpdate: ImagineResult, EditsUpdate: EditsResult, VideoUpdate: VideoResult}[type(update)]
+    final = finalize(kind, update)
+    assert type(final) is kind
+    assert msgspec.structs.asdict(final) == msgspec.structs.asdict(update)
+
+
+def test_finalize_the_recorded_streams_last_line() -> None:
+    """The stream's final line becomes an ImagineResult whose image_url is the grid's."""
+    last = stream_updates()[-1]
+    final = finalize(ImagineResult, last)
+    assert final.image_url == last.image_url
+    assert final.image_url.startswith("https://")
+    assert final.actions == last.actions
+
+
+@pytest.mark.parametrize(
+    ("final", "update", "body"),
+    [
+        pytest.param(
+            ImagineResult,
+            ImagineUpdate,
+            {"task_id": "t", "finished": True, "actions": ["upscale1"], "progress": 100},
+            id="imagine-finished-without-url",
+        ),
+        pytest.param(
+            ImagineResult, ImagineUpdate, {"task_id": "t", "image_url": None}, id="imagine-url-null"
+        ),
+        pytest.param(EditsResult, EditsUpdate, {"task_id": "t", "progress": 100}, id="edits-without-url"),
+        pytest.param(VideoResult, VideoUpdate, {"task_id": "t", "progress": 100}, id="videos-without-urls"),
+    ],
+)
+def test_finalize_without_the_guaranteed_field_is_a_decode_error(
+    final: type[Result], update: type[Result], body: dict[str, Any]
+) -> None:
+    """A final update missing what the final type guarantees raises ResponseDecodeError naming the task."""
+    with pytest.raises(ResponseDecodeError, match=final.kind) as caught:
+        finalize(final, msgspec.convert(body, update))
+    assert caught.value.task_id == "t"
+
+
+@pytest.mark.parametrize(
+    "result",
+    [
+        ImagineResult(image_url="https://x/y.png"),
+        EditsResult(image_url="https://x/y.png"),
+        VideoResult(video_urls=["https://x/0.mp4"]),
+        DescribeResult(descriptions=["a cat"]),
+        SeedResult(seed="1"),
+    ],
+    ids=lambda result: type(result).kind,
+)
+def test_finalize_an_already_final_result_returns_it(result: Result) -> None:
+    """No copy when the update already is of the final type (the short calls always are)."""
+    assert finalize(type(result), result) is result
+
+
+@pytest.mark.parametrize(("final", "update", "narrowed"), FINAL_TYPES)
+def test_a_progress_line_decodes_as_the_update_not_the_final_type(
+    final: type[Result], update: type[Result], narrowed: str
+) -> None:
+    """A line without the guaranteed field is a valid update and an invalid final result."""
+    line = b'{"task_id":"t","progress":35}'
+    assert PROVIDER.decode_update(update, line, 1).progress == 35  # type: ignore[attr-defined]
+    with pytest.raises(msgspec.ValidationError, match=narrowed):
+        msgspec.json.decode(line, type=final, strict=False)
+
+
 # -- is_final per result type -----------------------------------------------------------------------------
 
 FAILURE = {"success": False, "error": {"code": "api_error", "message": "fetch failed"}}
 
 IS_FINAL_CASES = [
     pytest.param(
-        ImagineResult, {"image_id": "1", "progress": 100, "actions": ["upscale1"]}, True, id="imagine-done"
+        ImagineUpdate, {"image_id": "1", "progress": 100, "actions": ["upscale1"]}, True, id="imagine-done"
     ),
     pytest.param(
-        ImagineResult, {"image_id": "1", "actions": ["upscale1"]}, True, id="imagine-actions-no-progress"
+        ImagineUpdate, {"image_id": "1", "actions": ["upscale1"]}, True, id="imagine-actions-no-progress"
     ),
     pytest.param(
-        ImagineResult, {"image_id": "1", "progress": 100, "actions": []}, False, id="imagine-no-actions"
+        ImagineUpdate, {"image_id": "1", "progress": 100, "actions": []}, False, id="imagine-no-actions"
     ),
-    pytest.param(ImagineResult, {"image_id": "1", "progress": 100}, False, id="imagine-actions-missing"),
+    pytest.param(ImagineUpdate, {"image_id": "1", "progress": 100}, False, id="imagine-actions-missing"),
     pytest.param(
-        ImagineResult, {"image_id": "1", "progress": 75, "actions": ["upscale1"]}, False, id="imagine-75"
+        ImagineUpdate, {"image_id": "1", "progress": 75, "actions": ["upscale1"]}, False, id="imagine-75"
     ),
-    pytest.param(ImagineResult, {"progress": 100, "actions": ["upscale1"]}, False, id="imagine-no-image-id"),
-    pytest.param(EditsResult, {"progress": 100, "image_url": "https://x/y.png"}, True, id="edits-done"),
-    pytest.param(EditsResult, {"progress": 100}, False, id="edits-no-url"),
-    pytest.param(EditsResult, {"progress": 100, "image_url": ""}, False, id="edits-empty-url"),
-    pytest.param(EditsResult, {"progress": 50, "image_url": "https://x/y.png"}, False, id="edits-50"),
-    pytest.param(VideoResult, {"video_urls": ["https://x/0.mp4"]}, True, id="videos-done"),
-    pytest.param(VideoResult, {"video_urls": [], "progress": 100}, False, id="videos-empty"),
-    pytest.param(VideoResult, {"progress": 40, "image_url": "https://x/y.png"}, False, id="videos-running"),
+    pytest.param(ImagineUpdate, {"progress": 100, "actions": ["upscale1"]}, False, id="imagine-no-image-id"),
+    pytest.param(EditsUpdate, {"progress": 100, "image_url": "https://x/y.png"}, True, id="edits-done"),
+    pytest.param(EditsUpdate, {"progress": 100}, False, id="edits-no-url"),
+    pytest.param(EditsUpdate, {"progress": 100, "image_url": ""}, False, id="edits-empty-url"),
+    pytest.param(EditsUpdate, {"progress": 50, "image_url": "https://x/y.png"}, False, id="edits-50"),
+    pytest.param(VideoUpdate, {"video_urls": ["https://x/0.mp4"]}, True, id="videos-done"),
+    pytest.param(VideoUpdate, {"video_urls": [], "progress": 100}, False, id="videos-empty"),
+    pytest.param(VideoUpdate, {"progress": 40, "image_url": "https://x/y.png"}, False, id="videos-running"),
     pytest.param(DescribeResult, {"descriptions": ["a cat"]}, True, id="describe-done"),
     pytest.param(DescribeResult, {"descriptions": []}, False, id="describe-empty"),
 ]
 
 #: Bodies that would be final but for the failure in them.
 FINAL_BODIES = {
-    ImagineResult: {"image_id": "1", "progress": 100, "actions": ["upscale1"]},
-    EditsResult: {"progress": 100, "image_url": "https://x/y.png"},
-    VideoResult: {"video_urls": ["https://x/0.mp4"]},
+    ImagineUpdate: {"image_id": "1", "progress": 100, "actions": ["upscale1"]},
+    EditsUpdate: {"progress": 100, "image_url": "https://x/y.png"},
+    VideoUpdate: {"video_urls": ["https://x/0.mp4"]},
     DescribeResult: {"descriptions": ["a cat"]},
 }
 
@@ -561,9 +672,9 @@ def test_task_state_of_the_documented_record_and_batch() -> None:
 def test_decode_task_with_a_kind_ignores_the_type_field() -> None:
     """An explicit kind decides the response's type even when the record's `type` names another."""
     record = PROVIDER.decode_task(
-        json.dumps({"type": "describe", "response": FINAL_IMAGINE}).encode(), ImagineResult
+        json.dumps({"type": "describe", "response": FINAL_IMAGINE}).encode(), ImagineUpdate
     )
-    assert type(record.response) is ImagineResult
+    assert type(record.response) is ImagineUpdate
     assert record.response.actions == ["upscale1"]
 
 
@@ -596,7 +707,7 @@ def test_shorten_task_with_an_empty_response_is_pending() -> None:
 def test_malformed_line_raises_with_line_number_and_prefix(line: bytes) -> None:
     """decode_update raises MalformedLineError carrying the line number and the first 64 bytes of the line."""
     with pytest.raises(MalformedLineError) as caught:
-        PROVIDER.decode_update(ImagineResult, line, 7)
+        PROVIDER.decode_update(ImagineUpdate, line, 7)
     error = caught.value
     assert isinstance(error, StreamError)
     assert error.line_number == 7
@@ -608,4 +719,4 @@ def test_malformed_line_raises_with_line_number_and_prefix(line: bytes) -> None:
 def test_deeply_nested_line_is_malformed() -> None:
     """A line nested 5000 levels deep is a MalformedLineError, not a RecursionError."""
     with pytest.raises(MalformedLineError):
-        PROVIDER.decode_update(ImagineResult, b'{"a":' + b"[" * 5000, 1)
+        PROVIDER.decode_update(ImagineUpdate, b'{"a":' + b"[" * 5000, 1)

@@ -14,11 +14,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import mjasync
-from mjasync import ImagineResult
 from mjasync._exceptions import LineTooLongError, MalformedLineError
 from mjasync._ndjson import DEFAULT_MAX_LINE_BYTES, NdjsonDecoder, NdjsonSplitter, iter_lines
 from mjasync._providers import AceDataProvider, GoapiProvider
 from mjasync._transport import LineReader
+from mjasync.types import ImagineUpdate
 
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "streams" / "acedata_imagine.ndjson"
 PROVIDER = AceDataProvider()
@@ -31,25 +31,25 @@ LINES = [
 ]
 
 
-def _decode_line(line: bytes, number: int) -> ImagineResult:
-    return PROVIDER.decode_update(ImagineResult, line, number)
+def _decode_line(line: bytes, number: int) -> ImagineUpdate:
+    return PROVIDER.decode_update(ImagineUpdate, line, number)
 
 
-def _decoder(cap: int = DEFAULT_MAX_LINE_BYTES) -> NdjsonDecoder[ImagineResult]:
+def _decoder(cap: int = DEFAULT_MAX_LINE_BYTES) -> NdjsonDecoder[ImagineUpdate]:
     """Built the way a stream builds its reader's decoder."""
-    return NdjsonDecoder(lambda run: PROVIDER.decode_updates(ImagineResult, run), _decode_line, cap)
+    return NdjsonDecoder(lambda run: PROVIDER.decode_updates(ImagineUpdate, run), _decode_line, cap)
 
 
 EXPECTED = [_decode_line(line, n) for n, line in enumerate(LINES, 1)]
 
 
-def _reference(chunks: list[bytes], cap: int = DEFAULT_MAX_LINE_BYTES) -> list[ImagineResult]:
+def _reference(chunks: list[bytes], cap: int = DEFAULT_MAX_LINE_BYTES) -> list[ImagineUpdate]:
     """The old path: split, then decode each line on its own."""
     return [_decode_line(line, n) for n, line in enumerate(iter_lines(chunks, cap), 1)]
 
 
-def _decode_all(decoder: NdjsonDecoder[ImagineResult], chunks: list[bytes]) -> list[ImagineResult]:
-    out: list[ImagineResult] = []
+def _decode_all(decoder: NdjsonDecoder[ImagineUpdate], chunks: list[bytes]) -> list[ImagineUpdate]:
+    out: list[ImagineUpdate] = []
     for chunk in chunks:
         out += decoder.feed(chunk)
     return out + decoder.finish()
@@ -172,10 +172,10 @@ BAD_STREAM = b"\n".join([LINES[0], LINES[1], BAD, LINES[3]]) + b"\n"
 
 
 def _collect(
-    decoder: NdjsonDecoder[ImagineResult], chunks: list[bytes]
-) -> tuple[list[ImagineResult], Exception | None]:
+    decoder: NdjsonDecoder[ImagineUpdate], chunks: list[bytes]
+) -> tuple[list[ImagineUpdate], Exception | None]:
     """Values handed out until the first error, and that error."""
-    out: list[ImagineResult] = []
+    out: list[ImagineUpdate] = []
     try:
         for chunk in chunks:
             out += decoder.feed(chunk)
@@ -187,8 +187,8 @@ def _collect(
 
 def _old_path(
     chunks: list[bytes], cap: int = DEFAULT_MAX_LINE_BYTES
-) -> tuple[list[ImagineResult], Exception]:
-    out: list[ImagineResult] = []
+) -> tuple[list[ImagineUpdate], Exception]:
+    out: list[ImagineUpdate] = []
     try:
         for number, line in enumerate(iter_lines(chunks, cap), 1):
             out.append(_decode_line(line, number))
@@ -213,12 +213,12 @@ def test_a_decoder_that_fails_its_own_way_gives_a_malformed_line() -> None:
     """A line decoder raising something other than an MJError (a RecursionError) still fails only this stream,
     typed as the bad line, with the original chained."""
 
-    def crashing(line: bytes, number: int) -> ImagineResult:
+    def crashing(line: bytes, number: int) -> ImagineUpdate:
         if line == BAD:
             raise RecursionError("maximum recursion depth exceeded")
         return _decode_line(line, number)
 
-    decoder = NdjsonDecoder(lambda run: PROVIDER.decode_updates(ImagineResult, run), crashing)
+    decoder = NdjsonDecoder(lambda run: PROVIDER.decode_updates(ImagineUpdate, run), crashing)
     out, error = _collect(decoder, [BAD_STREAM])
     assert out == EXPECTED[:2]
     assert isinstance(error, MalformedLineError) and isinstance(error.__cause__, RecursionError)
@@ -262,7 +262,7 @@ EXACT = b'{"task_id":"' + b"x" * (CAP - 14) + b'"}'
 LONG = b'{"task_id":"' + b"L" * CAP + b'"}'
 
 
-def _outcomes(target: NdjsonSplitter | NdjsonDecoder[ImagineResult], chunks: list[bytes]) -> list[Any]:
+def _outcomes(target: NdjsonSplitter | NdjsonDecoder[ImagineUpdate], chunks: list[bytes]) -> list[Any]:
     """What each feed() and the finish() returned (values for lines) or raised, calls going on after errors."""
     outcomes: list[Any] = []
     for chunk in [*chunks, None]:
@@ -321,7 +321,7 @@ TWO_IN_ONE = b'{"progress":1}{"progress":2}'
 def test_two_values_on_one_line_give_both_at_every_cut() -> None:
     with pytest.raises(MalformedLineError):  # a line-by-line decode would refuse it
         _decode_line(TWO_IN_ONE, 1)
-    both = [ImagineResult(progress=1), ImagineResult(progress=2)]
+    both = [ImagineUpdate(progress=1), ImagineUpdate(progress=2)]
     payload = LINES[0] + b"\n" + TWO_IN_ONE + b"\r\n" + LINES[3] + b"\n"
     for chunks in _two_chunk_cuts(payload):
         decoder = _decoder()
@@ -334,13 +334,13 @@ def test_two_values_on_one_line_even_when_a_later_line_is_bad() -> None:
     payload = LINES[0] + b"\n" + TWO_IN_ONE + b"\n" + BAD + b"\n"
     for chunks in _two_chunk_cuts(payload):
         out, error = _collect(_decoder(), chunks)
-        assert out == [EXPECTED[0], ImagineResult(progress=1), ImagineResult(progress=2)]
+        assert out == [EXPECTED[0], ImagineUpdate(progress=1), ImagineUpdate(progress=2)]
         assert isinstance(error, MalformedLineError) and error.line_number == 4  # values before it + 1
 
 
 def test_a_value_broken_across_lines_depends_on_the_chunking() -> None:
     payload = b'{"progress":\n50}\n'
-    assert _decode_all(_decoder(), [payload]) == [ImagineResult(progress=50)]  # one run: one value
+    assert _decode_all(_decoder(), [payload]) == [ImagineUpdate(progress=50)]  # one run: one value
     out, error = _collect(_decoder(), [payload[:13], payload[13:]])  # two runs: two bad lines
     assert out == [] and isinstance(error, MalformedLineError) and error.line_number == 1
 
@@ -354,25 +354,25 @@ def test_goapi_decodes_line_by_line() -> None:
         b'{"task_id":"g1","status":"processing","task_result":{"task_progress":40}}',
         b'{"task_id":"g1","status":"finished","task_result":{"image_url":"https://x/a.png"}}',
     ]
-    assert goapi.decode_updates(ImagineResult, b"\n".join(lines)) is None
+    assert goapi.decode_updates(ImagineUpdate, b"\n".join(lines)) is None
     decoder = NdjsonDecoder(
-        lambda run: goapi.decode_updates(ImagineResult, run),
-        lambda line, number: goapi.decode_update(ImagineResult, line, number),
+        lambda run: goapi.decode_updates(ImagineUpdate, run),
+        lambda line, number: goapi.decode_update(ImagineUpdate, line, number),
     )
     payload = b"\r\n".join(lines)
     for chunks in _two_chunk_cuts(payload):
         decoder.reset()
-        expected = [goapi.decode_update(ImagineResult, line, n) for n, line in enumerate(lines, 1)]
+        expected = [goapi.decode_update(ImagineUpdate, line, n) for n, line in enumerate(lines, 1)]
         assert _decode_all(decoder, chunks) == expected
     assert expected[0].progress == 40 and expected[1].is_final
 
 
 def test_acedata_decode_updates_refuses_a_run_with_any_bad_line() -> None:
-    assert PROVIDER.decode_updates(ImagineResult, b"\n".join(LINES)) == EXPECTED
-    assert PROVIDER.decode_updates(ImagineResult, memoryview(b"xx" + LINES[0])[2:]) == EXPECTED[:1]
-    assert PROVIDER.decode_updates(ImagineResult, LINES[0] + b"\n" + BAD) is None
-    assert PROVIDER.decode_updates(ImagineResult, b"[1]\n") is None
-    assert PROVIDER.decode_updates(ImagineResult, b"[" * 5000) is None  # too deep
+    assert PROVIDER.decode_updates(ImagineUpdate, b"\n".join(LINES)) == EXPECTED
+    assert PROVIDER.decode_updates(ImagineUpdate, memoryview(b"xx" + LINES[0])[2:]) == EXPECTED[:1]
+    assert PROVIDER.decode_updates(ImagineUpdate, LINES[0] + b"\n" + BAD) is None
+    assert PROVIDER.decode_updates(ImagineUpdate, b"[1]\n") is None
+    assert PROVIDER.decode_updates(ImagineUpdate, b"[" * 5000) is None  # too deep
 
 
 class _Content:
@@ -393,19 +393,19 @@ class _Response:
         self.content = _Content(chunks)
 
 
-def _reader(chunks: list[bytes | BaseException]) -> LineReader[ImagineResult]:
+def _reader(chunks: list[bytes | BaseException]) -> LineReader[ImagineUpdate]:
     response: Any = _Response(chunks)
     return LineReader(
         response,
-        decode_run=lambda run: PROVIDER.decode_updates(ImagineResult, run),
+        decode_run=lambda run: PROVIDER.decode_updates(ImagineUpdate, run),
         decode_line=_decode_line,
         max_line_bytes=CAP * 10,
         request="POST /midjourney/imagine",
     )
 
 
-async def _drain(reader: LineReader[ImagineResult]) -> list[ImagineResult]:
-    out: list[ImagineResult] = []
+async def _drain(reader: LineReader[ImagineUpdate]) -> list[ImagineUpdate]:
+    out: list[ImagineUpdate] = []
     while (update := await reader.next_update()) is not None:
         out.append(update)
     return out

@@ -15,12 +15,12 @@ import msgspec
 import pytest
 
 import mjasync
+from mjasync._lookups import TaskPoller
 from mjasync._poller import (
     FINISH_MARGIN,
     PROBE_SHARE,
     PollCursor,
     PollSchedule,
-    TaskPoller,
     finish_estimate,
     next_delay,
     observe,
@@ -199,15 +199,15 @@ async def test_a_cursor_plans_its_next_lookup_from_the_progress_it_saw() -> None
     """Two rises seen: the next wait is the schedule's (less jitter), not the fixed curve's next step."""
     policy = mjasync.PollPolicy(initial_interval=0.001, max_interval=30.0, batch_window=0.0)
     fake = VirtualTime()
-    core: Any = SimpleNamespace(
-        poller=TaskPoller(
+    engine: Any = SimpleNamespace(
+        look_up=TaskPoller(
             Script(running(10), running(20)), window=0.0, max_batch=50, clock=fake.clock, sleep=fake.sleep
-        ),
+        ).poll,
         provider=get_provider("acedata"),
         poll=policy,
         clock=fake.clock,
     )
-    cursor = PollCursor(core, mjasync.ImagineResult, "t", deadline=60)
+    cursor = PollCursor(engine, mjasync.ImagineResult, mjasync.types.ImagineUpdate, "t", deadline=60)
     with anyio.fail_after(30):
         assert (await fake.drive(cursor.next)).progress == 10
         assert cursor.schedule.progress == 10 and finish_estimate(cursor.schedule) is None
@@ -231,10 +231,12 @@ async def test_a_jobs_first_lookup_never_rides_early() -> None:
     policy = mjasync.PollPolicy(initial_interval=0.3, batch_window=0.0)
     fake = VirtualTime()
     poller = TaskPoller(fetch, window=0.0, max_batch=50, clock=fake.clock, sleep=fake.sleep)
-    core: Any = SimpleNamespace(
-        poller=poller, provider=get_provider("acedata"), poll=policy, clock=fake.clock
+    engine: Any = SimpleNamespace(
+        look_up=poller.poll, provider=get_provider("acedata"), poll=policy, clock=fake.clock
     )
-    cursor = PollCursor(core, mjasync.ImagineResult, "t", first_poll_delay=0.3, deadline=60)
+    cursor = PollCursor(
+        engine, mjasync.ImagineResult, mjasync.types.ImagineUpdate, "t", first_poll_delay=0.3, deadline=60
+    )
 
     async def both() -> None:
         async with anyio.create_task_group() as group:
@@ -250,14 +252,14 @@ async def test_a_jobs_first_lookup_never_rides_early() -> None:
 async def test_a_callback_update_feeds_the_schedule_too() -> None:
     policy = mjasync.PollPolicy(initial_interval=1.0)
     fake = VirtualTime()
-    core: Any = SimpleNamespace(
-        poller=TaskPoller(Script(), window=0.0, max_batch=50, clock=fake.clock, sleep=fake.sleep),
+    engine: Any = SimpleNamespace(
+        look_up=TaskPoller(Script(), window=0.0, max_batch=50, clock=fake.clock, sleep=fake.sleep).poll,
         provider=get_provider("acedata"),
         poll=policy,
         clock=fake.clock,
     )
-    cursor = PollCursor(core, mjasync.ImagineResult, "t", deadline=60)
-    update = mjasync.ImagineResult(task_id="t", progress=30)
+    cursor = PollCursor(engine, mjasync.ImagineResult, mjasync.types.ImagineUpdate, "t", deadline=60)
+    update = mjasync.types.ImagineUpdate(task_id="t", progress=30)
     assert cursor.offer(update) is update
     assert cursor.schedule.progress == 30
     assert cursor.offer(update) is None, "progress is never repeated"

@@ -13,13 +13,15 @@ import pytest
 
 import mjasync
 from mjasync import _poller
-from mjasync._poller import TaskPoller
+from mjasync._lookups import TaskPoller
 from mjasync._providers import get_provider
 from mjasync.emulator import DEFAULT_TOKEN, Emulator
 
 from ..virtual_time import VirtualTime
 
 WINDOW = 0.005
+#: Where the emulator's clock starts (unix seconds) when it runs on a test's `VirtualTime`.
+EMULATOR_EPOCH = 1_750_000_000.0
 
 
 class Recorder:
@@ -211,7 +213,11 @@ async def test_riders_of_a_cancelled_leader_go_on_to_a_new_round() -> None:
 async def lookups_for_staggered_jobs(
     jobs: int, *, gap: float, max_batch: int = 50
 ) -> tuple[int, int, list[int]]:
-    """Submit `jobs` one `gap` apart to a 1.5 s emulator, await all; (lookups, ids fetched, batch sizes)."""
+    """Submit `jobs` one `gap` apart to a 1.5 s emulator, await all; (lookups, ids fetched, batch sizes).
+
+    The client and the emulator share one `VirtualTime`: the gaps, the jobs' progress and the polls'
+    waits are all on it, so the lookups counted are the same however loaded the machine is.
+    """
     policy = mjasync.PollPolicy(
         initial_interval=0.2,
         factor=1.5,
@@ -220,27 +226,38 @@ async def lookups_for_staggered_jobs(
         max_batch=max_batch,
         deadline=30,
     )
-    async with Emulator(speed=1.5) as emu:
+    virtual = VirtualTime()
+    async with Emulator(speed=1.5, clock=lambda: EMULATOR_EPOCH + virtual.now) as emu:
         async with mjasync.Client(
-            api_key=DEFAULT_TOKEN, base_url=emu.url, wait_via="poll", poll=policy
+            api_key=DEFAULT_TOKEN,
+            base_url=emu.url,
+            wait_via="poll",
+            poll=policy,
+            clock=virtual.clock,
+            sleep=virtual.sleep,
         ) as mj:
-            handles = []
-            for i in range(jobs):
-                handles.append(await mj.imagine(f"a lighthouse, study {i}").submit())
-                await anyio.sleep(gap)
-            results: list[Any] = []
 
-            async def wait(handle: mjasync.TaskHandle[mjasync.ImagineResult]) -> None:
-                results.append(await handle)
+            async def submit_staggered_and_await_all() -> list[Any]:
+                handles = []
+                for i in range(jobs):
+                    handles.append(await mj.imagine(f"a lighthouse, study {i}").submit())
+                    await virtual.sleep(gap)
+                results: list[Any] = []
 
-            async with anyio.create_task_group() as group:
-                for handle in handles:
-                    group.start_soon(wait, handle)
+                async def wait(handle: mjasync.types.ImagineHandle) -> None:
+                    results.append(await handle)
+
+                async with anyio.create_task_group() as group:
+                    for handle in handles:
+                        group.start_soon(wait, handle)
+                return results
+
+            results = await virtual.drive(submit_staggered_and_await_all)
             assert len(results) == jobs and all(r.is_final for r in results)
             bodies = [r.json or {} for r in emu.requests if r.path == "/midjourney/tasks"]
             sizes = [len(b["ids"]) if b["action"] == "retrieve_batch" else 1 for b in bodies]
-            assert emu.counters["polls"] == mj.poller.fetches == len(bodies)
-            return mj.poller.fetches, mj.poller.ids_fetched, sizes
+            assert emu.counters["polls"] == mj.statistics().lookups == len(bodies)
+            return mj.statistics().lookups, mj.statistics().ids_looked_up, sizes
 
 
 async def test_jobs_submitted_at_different_moments_share_lookups(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -281,19 +298,21 @@ class Script:
 
 def cursor_over(
     fetch: Script, *, max_missing: int = 3
-) -> tuple[_poller.PollCursor[mjasync.ImagineResult], VirtualTime]:
+) -> tuple[_poller.PollCursor[mjasync.ImagineResult, mjasync.types.ImagineUpdate], VirtualTime]:
     """A cursor on task "t" whose lookups go to `fetch`, 1 ms apart, and the time it waits on."""
     policy = mjasync.PollPolicy(
         initial_interval=0.001, max_interval=0.001, batch_window=0.0, max_missing_lookups=max_missing
     )
     fake = VirtualTime()
-    core: Any = SimpleNamespace(
-        poller=TaskPoller(fetch, window=0.0, max_batch=50, clock=fake.clock, sleep=fake.sleep),
+    engine: Any = SimpleNamespace(
+        look_up=TaskPoller(fetch, window=0.0, max_batch=50, clock=fake.clock, sleep=fake.sleep).poll,
         provider=get_provider("acedata"),
         poll=policy,
         clock=fake.clock,
     )
-    return _poller.PollCursor(core, mjasync.ImagineResult, "t", deadline=60), fake
+    return _poller.PollCursor(
+        engine, mjasync.ImagineResult, mjasync.types.ImagineUpdate, "t", deadline=60
+    ), fake
 
 
 RUNNING = {"id": "t", "response": {"success": True, "task_id": "t", "progress": 40}}

@@ -27,7 +27,7 @@ from mjasync._exceptions import (
     ResponseDecodeError,
     StreamInterruptedError,
 )
-from mjasync._models.results import ImagineResult
+from mjasync._models.results import ImagineResult, ImagineUpdate
 from mjasync._models.task import TaskRecord
 from mjasync._ndjson import NdjsonDecoder
 from mjasync._providers import AceDataProvider, GoapiProvider, Provider
@@ -137,8 +137,8 @@ def test_a_line_is_redacted_before_its_prefix_is_cut(secret: str, form: str, at:
 def stream_decoder(provider: Provider) -> NdjsonDecoder[ImagineResult]:
     """Built the way a stream builds its reader's decoder."""
     return NdjsonDecoder(
-        lambda run: provider.decode_updates(ImagineResult, run),
-        lambda line, number: provider.decode_update(ImagineResult, line, number),
+        lambda run: provider.decode_updates(ImagineUpdate, run),
+        lambda line, number: provider.decode_update(ImagineUpdate, line, number),
     )
 
 
@@ -271,7 +271,7 @@ def test_nothing_is_copied_or_changed_while_no_secret_shows() -> None:
     """The happy path: values without a secret come back as the very same objects."""
     owner = Owner()
     hold(owner, "sk-held-but-absent-000")
-    record: TaskRecord[Any] = TaskRecord(id="t", response=ImagineResult(raw={"a": ["b"]}), request={"p": 1})
+    record: TaskRecord[Any] = TaskRecord(id="t", response=ImagineUpdate(raw={"a": ["b"]}), request={"p": 1})
     for value in ("text", b"bytes", [1, "a"], ("a",), {"a": "b"}, record, None, 3):
         assert _redact.redact_value(value) is value
     exc = ValueError("plain")
@@ -285,7 +285,7 @@ def test_deep_structures_are_cut_not_recursed() -> None:
     deep: Any = "sk-deep-secret-000000"
     for _ in range(5000):
         deep = [deep]
-    error = StreamInterruptedError("x", last_update=ImagineResult(raw={"deep": deep}))
+    error = StreamInterruptedError("x", last_update=ImagineUpdate(raw={"deep": deep}))
     assert "sk-deep-secret" not in repr(error.last_update)
 
 
