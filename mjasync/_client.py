@@ -33,7 +33,7 @@ from ._engine import ClientStatistics, Engine
 from ._exceptions import InvalidRequestError
 from ._inbox import CallbackRouter
 from ._job import EditsJob, ImagineHandle, ImagineJob, Job, TaskHandle, VideoJob, short_call
-from ._limiter import JobLimiter
+from ._limiter import JobLimiter, Limiter
 from ._models.params import (
     MAX_PROMPT_CHARS,
     check_max_prompt_chars,
@@ -103,6 +103,10 @@ class Client:
     With `webhooks=` (a `WebhookReceiver`), jobs ask the provider to call back and are awaited that
     way by default (`wait_via="callback"`), polling only when a callback is late.
 
+    `limits` caps this client's jobs in flight (`Limits.max_in_flight`); `limiter=` replaces that cap
+    with one shared by every client that uses it, in any process or host
+    (`mjasync.redis.SharedLimits`, for one account used from many workers).
+
     Every wait reads `clock` (seconds, `time.monotonic` by default) and sleeps with `sleep`: tests of
     time-dependent code pass a clock and a sleep they move themselves. Requests' own timeouts and
     cancel scopes still run on the event loop's time.
@@ -121,6 +125,7 @@ class Client:
         default_headers: Mapping[str, str] | None = None,
         http_session: HTTPSession | None = None,
         webhooks: CallbackRouter | None = None,
+        limiter: Limiter | None = None,
         wait_via: WaitVia | None = None,
         max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
@@ -148,7 +153,7 @@ class Client:
             webhooks,
             pool,
             owns_pool=True,
-            limiter=None,
+            limiter=limiter,
             clock=clock,
             sleep=sleep,
         )
@@ -162,7 +167,7 @@ class Client:
         pool: SessionPool,
         *,
         owns_pool: bool,
-        limiter: JobLimiter | None,
+        limiter: Limiter | None,
         clock: Callable[[], float],
         sleep: Callable[[float], Awaitable[None]],
     ) -> None:

@@ -43,7 +43,7 @@ from ._exceptions import (
     WaitTimeoutError,
 )
 from ._inbox import CallbackInbox, CallbackRouter, Subscription
-from ._limiter import JobLimiter, LimiterStatistics
+from ._limiter import Limiter, LimiterStatistics
 from ._lookups import TaskPoller
 from ._models.requests import AnyRequest, JobRequest
 from ._models.results import Result
@@ -150,7 +150,7 @@ class Engine:
         *,
         provider: Provider,
         transport: Transport,
-        limiter: JobLimiter,
+        limiter: Limiter,
         poll: PollPolicy,
         retry: RetryPolicy,
         max_line_bytes: int,

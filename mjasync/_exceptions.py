@@ -26,7 +26,10 @@ MJError
 │   ├── AmbiguousSubmitError                 a submit may or may not have created a task
 │   ├── JobFailedError                       the provider reports the job itself as failed
 │   └── TaskNotFoundError                    the provider keeps saying it has no such task
-└── WaitTimeoutError (also TimeoutError)     our own deadline for a job ran out
+├── WaitTimeoutError (also TimeoutError)     our own deadline for a job ran out
+└── CoordinatorError                         the shared state on Redis (`mjasync.redis`)
+    ├── CoordinatorUnavailableError          Redis cannot be reached: no submit goes out
+    └── RunDataLostError                     Redis lost the run's data: the run halts
 ```
 
 Every `APIError` carries `status`, `code`, `message`, `trace_id` and a capped copy of the body. None of
@@ -50,6 +53,8 @@ __all__ = [
     "AmbiguousSubmitError",
     "AuthenticationError",
     "BadRequestError",
+    "CoordinatorError",
+    "CoordinatorUnavailableError",
     "GatewayTimeoutError",
     "InvalidRequestError",
     "JobFailedError",
@@ -58,6 +63,7 @@ __all__ = [
     "MalformedLineError",
     "ModerationError",
     "NotFoundError",
+    "RunDataLostError",
     "PermissionDeniedError",
     "QuotaExceededError",
     "RateLimitError",
@@ -323,3 +329,19 @@ class WaitTimeoutError(MJError, TimeoutError):
     def __init__(self, message: str, *, task_id: str | None = None) -> None:
         super().__init__(message)
         self.task_id = task_id
+
+
+class CoordinatorError(MJError):
+    """Something went wrong with the state many workers share on Redis (`mjasync.redis`)."""
+
+
+class CoordinatorUnavailableError(CoordinatorError):
+    """Redis could not be reached, or did not answer in time. Shared limits fail closed: no submit
+    goes out without its admission (or a run's fenced intent), while waits on submitted tasks go on."""
+
+
+class RunDataLostError(CoordinatorError):
+    """The run's epoch is gone from Redis: it lost its data (restarted without persistence, flushed).
+
+    The run halts rather than guess which jobs were paid for: submitting them again could pay twice.
+    """

@@ -22,16 +22,17 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Literal
+from typing import Literal, Protocol
 
 import anyio
 
 from . import _capacity
 from ._exceptions import RateLimitError
 
-__all__ = ["JobLimiter", "LimiterStatistics"]
+__all__ = ["JobLimiter", "Limiter", "LimiterStatistics"]
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,27 @@ class LimiterStatistics:
     decreases: int = 0
     #: Jobs that hold a slot while they wait to retry a refused submit.
     retrying: int = 0
+
+
+class Limiter(Protocol):
+    """What the engine asks of an in-flight limiter: `JobLimiter` in one process, or one whose state is
+    shared by many (`mjasync.redis.SharedLimits`). The calls come in this order for a job: a slot
+    (`slot`, or `acquire` ... `release`), `before_submit` unless `clear_to_submit()`, the send inside
+    `sending()`, then `refused` / `refused_for_good` after a 429, and `succeeded` while the slot is
+    still held. The synchronous ones must not block: a shared limiter notes them and sends them on.
+    """
+
+    def slot(self, borrower: object) -> AbstractAsyncContextManager[None]: ...
+    async def acquire(self, borrower: object) -> None: ...
+    def release(self, borrower: object) -> None: ...
+    def sending(self) -> AbstractContextManager[None]: ...
+    def clear_to_submit(self) -> bool: ...
+    async def before_request(self) -> None: ...
+    async def before_submit(self) -> None: ...
+    async def refused(self, retry_after: float, *, submit: bool = True) -> None: ...
+    def refused_for_good(self, retry_after: float) -> None: ...
+    def succeeded(self) -> None: ...
+    def statistics(self) -> LimiterStatistics: ...
 
 
 class JobLimiter:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator
+import socket
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
 import mjasync
 from mjasync.emulator import DEFAULT_TOKEN as EMULATOR_TOKEN
+
+from .redis_server import RedisServer
 
 pytest_plugins = ["mjasync.testing"]
 # Asserts in the shared test helpers report their values as the tests' own asserts do.
@@ -48,3 +51,19 @@ async def mj(mj_emulator: object) -> AsyncIterator[mjasync.Client]:
     async with mjasync.Client(api_key=EMULATOR_TOKEN, base_url=mj_emulator.url, poll=FAST_POLL) as client:  # type: ignore[attr-defined]
         yield client
         assert open_connections(client) == 0, "a test left a connection checked out"
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One real `redis-server` for the session (tests keep apart by account name, or flush it)."""
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The session server's URL, its data flushed before the test."""
+    with socket.create_connection(("127.0.0.1", redis_server.port), timeout=10) as sock:
+        sock.sendall(b"FLUSHALL\r\n")
+        assert sock.recv(64).startswith(b"+OK")
+    return redis_server.url
