@@ -24,6 +24,7 @@ from ._job import EditsJob as EditsJob
 from ._job import ImagineHandle as ImagineHandle
 from ._job import ImagineJob as ImagineJob
 from ._job import VideoJob as VideoJob
+from ._limiter import Limiter as Limiter
 from ._limiter import LimiterStatistics as LimiterStatistics
 from ._models.results import DescribeResult as DescribeResult
 from ._models.results import EditsResult as EditsResult
@@ -66,6 +67,7 @@ __all__ = [
     "ImagineResult",
     "ImagineUpdate",
     "JobStream",
+    "Limiter",
     "LimiterStatistics",
     "Mode",
     "Outcome",

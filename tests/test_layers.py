@@ -88,7 +88,13 @@ def imports(path: Path) -> list[tuple[str, bool]]:
             if node.level:
                 # `parts` ends with the file's own name (`__init__` for a package): level 1 drops it.
                 base = package_parts[: len(package_parts) - node.level]
-                name = ".".join([*base, node.module] if node.module else base)
+                if not node.module:
+                    # `from . import _scripts` imports the modules it names, not the package's face.
+                    found += [
+                        (".".join([*base, alias.name]), id(node) in typing_only) for alias in node.names
+                    ]
+                    continue
+                name = ".".join([*base, node.module])
             else:
                 name = node.module or ""
             found.append((name, id(node) in typing_only))

@@ -10,6 +10,7 @@ import msgspec
 import pytest
 
 import mjasync
+import mjasync.redis
 import mjasync.types
 
 #: What user code writes most: the client, its settings, the jobs it returns, the receiver, the
@@ -70,6 +71,7 @@ TYPES = {
     "ImagineResult",
     "ImagineUpdate",
     "JobStream",
+    "Limiter",
     "LimiterStatistics",
     "Mode",
     "Outcome",
@@ -95,8 +97,28 @@ TYPES = {
 }
 
 
+#: `mjasync.redis` (the `redis` extra): scale-out on Redis.
+REDIS = {
+    "CoordinatorError",
+    "CoordinatorUnavailableError",
+    "OutcomeError",
+    "QueuedJob",
+    "RunDataLostError",
+    "RunOutcome",
+    "RunQueue",
+    "RunStatus",
+    "SharedLimits",
+    "SharedStatistics",
+    "Worker",
+    "WorkerEvent",
+    "WorkerStatistics",
+}
+
+
 @pytest.mark.parametrize(
-    ("module", "names"), [(mjasync, TOP_LEVEL), (mjasync.types, TYPES)], ids=["top", "types"]
+    ("module", "names"),
+    [(mjasync, TOP_LEVEL), (mjasync.types, TYPES), (mjasync.redis, REDIS)],
+    ids=["top", "types", "redis"],
 )
 def test_exports_are_exactly_the_pinned_names(module: types.ModuleType, names: set[str]) -> None:
     """`__all__` is sorted case-insensitively, holds exactly the pinned names, and each resolves."""
@@ -145,10 +167,11 @@ def test_every_error_derives_from_the_single_root() -> None:
 
 
 def test_import_pulls_in_neither_the_cli_nor_the_extras() -> None:
-    """`import mjasync` loads no CLI, emulator, Pillow or rich (a subprocess sees a clean interpreter)."""
+    """`import mjasync` loads no CLI, emulator, Redis client, Pillow or rich (a subprocess sees a clean interpreter)."""
     code = (
         "import sys, mjasync; "
-        "bad = [m for m in ('PIL', 'rich', 'mjasync.cli', 'mjasync.emulator') if m in sys.modules]; "
+        "bad = [m for m in ('PIL', 'rich', 'redis', 'mjasync.cli', 'mjasync.emulator', 'mjasync.redis') "
+        "if m in sys.modules]; "
         "print(','.join(bad))"
     )
     out = subprocess.run(

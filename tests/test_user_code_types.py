@@ -2,7 +2,7 @@
 `mypy --strict` and `pyright --strict`, with no casts and no ignores.
 
 A user pastes the README's blocks into one async function (they use top-level `await`), where `mj`,
-`api_key` and `base_url` are the function's parameters, as `tests/functional/test_readme.py` gives
+`api_key`, `base_url` and `redis_url` are the function's parameters, as `tests/functional/test_readme.py` gives
 them when it runs the same blocks. Both checkers run in subprocesses on those files as they are, and
 on a few lines of wrong user code each must refuse (an unchecked outcome, an out-of-range index).
 """
@@ -30,7 +30,7 @@ PRELUDE = '''\
 import mjasync
 
 
-async def readme(mj: mjasync.Client, api_key: str, base_url: str) -> None:
+async def readme(mj: mjasync.Client, api_key: str, base_url: str, redis_url: str) -> None:
 '''
 #: Strict, every type rule on. Off: the two reports of names left unused, which a tour of calls has by
 #: design (`wide = await mj.imagine(...)` shows the call; the README does not use `wide` again).

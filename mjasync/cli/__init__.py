@@ -1,4 +1,8 @@
-"""Entry layer: the `mjasync` command (`demo`, `batch`, `emulator`). Never imported by `import mjasync`."""
+"""Entry layer: the `mjasync` command (`demo`, `batch`, `worker`, `emulator`). Never imported by `import mjasync`.
+
+`batch status` and `batch results` (a distributed run's, on Redis) are told apart from `batch FILE` by
+their first word, before `batch`'s own parser reads the rest.
+"""
 
 from __future__ import annotations
 
@@ -36,10 +40,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ._batch import configure_parser
 
         configure_parser(batch)
+    worker = commands.add_parser(
+        "worker", help="run a distributed batch's jobs from Redis (see `mjasync worker --help`)"
+    )
+    if args[:1] == ["worker"]:
+        from ._worker import configure_parser as configure_worker
+
+        configure_worker(worker)
     commands.add_parser(
         "emulator", help="serve the emulator on 127.0.0.1 (see `mjasync emulator --help`)", add_help=False
     )
 
+    if args[:2] in (["batch", "status"], ["batch", "results"]):
+        from ._scale_out import results_main, status_main
+
+        return status_main(args[2:]) if args[1] == "status" else results_main(args[2:])
     if args[:1] == ["emulator"]:
         from ..emulator.__main__ import main as emulator_main
 
@@ -55,5 +70,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ._batch import run_batch
 
         return run_batch(options)
+    if options.command == "worker":
+        from ._worker import run_worker
+
+        return run_worker(options)
     parser.print_help()
     return 2

@@ -43,6 +43,7 @@ from ._journal import (
     lock_folder,
     read_results,
 )
+from ._scale_out import add_redis_arguments, enqueue_run
 
 if sys.version_info < (3, 11):  # pragma: no cover - anyio brings the backport there
     from exceptiongroup import BaseExceptionGroup
@@ -139,9 +140,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out",
         type=Path,
-        required=True,
         metavar="DIR",
-        help="folder for results.jsonl, images/ and the journal",
+        help="folder for results.jsonl, images/ and the journal (required, except with --redis)",
     )
     parser.add_argument(
         "--concurrency",
@@ -183,6 +183,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help="seconds before a submitted job's first status lookup (default: 2)",
     )
+    add_redis_arguments(parser, run_required=False)
     connection = parser.add_argument_group("service")
     connection.add_argument(
         "--provider",
@@ -248,6 +249,18 @@ def run_batch(args: argparse.Namespace) -> int:
 
 
 def _run_batch(args: argparse.Namespace) -> int:
+    distributed = args.redis is not None
+    if distributed and args.run is None:
+        return _usage("--redis needs --run NAME (the run's name; the same name resumes it)")
+    if args.run is not None and not distributed:
+        return _usage("--run names a distributed run: give --redis URL too")
+    if distributed and (args.emulator or args.out is not None):
+        return _usage(
+            "with --redis the file is only enqueued: workers (mjasync worker) run it, and "
+            "`mjasync batch results` collects it into a folder; drop --emulator and --out"
+        )
+    if not distributed and args.out is None:
+        return _usage("--out DIR is required")
     if args.emulator and (args.base_url or args.api_key):
         return _usage("--emulator runs against the embedded emulator: drop --base-url and --api-key")
     if args.emulator_speed < 0:
@@ -257,18 +270,22 @@ def _run_batch(args: argparse.Namespace) -> int:
             args.input, upscale=args.upscale, fmt=args.format, max_prompt_chars=args.max_prompt_chars
         )
         key_names = api_key_env(get_provider(args.provider))
-        if not (args.emulator or args.api_key or any(os.environ.get(name) for name in key_names)):
+        # Enqueueing sends nothing to the provider: the workers hold the key.
+        keyless = args.emulator or distributed
+        if not (keyless or args.api_key or any(os.environ.get(name) for name in key_names)):
             raise InputError(f"no API key: pass --api-key or set {' or '.join(key_names)}")
         # A client made here checks the key and URL too; it only builds jobs, so it never connects.
         builder = mjasync.Client(
-            api_key="validation-only" if args.emulator else args.api_key,
-            base_url="http://127.0.0.1" if args.emulator else args.base_url,
+            api_key="validation-only" if keyless else args.api_key,
+            base_url="http://127.0.0.1" if keyless else args.base_url,
             provider=args.provider,
             max_prompt_chars=args.max_prompt_chars,
         )
         validate_jobs(jobs, source=args.input, mode=args.mode, builder=builder)
     except (InputError, InvalidRequestError) as exc:
         return _usage(str(exc))
+    if distributed:
+        return enqueue_run(args, jobs)
     options = RunOptions(
         source=args.input,
         out=args.out,

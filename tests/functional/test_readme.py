@@ -26,13 +26,16 @@ def test_readme_has_python_blocks() -> None:
     assert len(readme_blocks()) >= 10
 
 
-async def test_readme_blocks_run_in_order(mj: mjasync.Client, mj_emulator: Any, tmp_path: Path) -> None:
+async def test_readme_blocks_run_in_order(
+    mj: mjasync.Client, mj_emulator: Any, tmp_path: Path, redis_url: str
+) -> None:
     """Every ```python block of the README runs against the emulator without error."""
     namespace: dict[str, Any] = {
         "mj": mj,
         "mjasync": mjasync,
         "api_key": EMULATOR_TOKEN,
         "base_url": mj_emulator.url,
+        "redis_url": redis_url,  # the scale-out section's Redis: a real server, started by the fixture
         "print": lambda *args, **kwargs: None,
     }
     cwd = os.getcwd()
