@@ -29,11 +29,10 @@ from ._config import (
     RetryPolicy,
     Timeouts,
 )
-from ._engine import ClientStatistics, Engine
-from ._exceptions import InvalidRequestError
+from ._engine import ClientStatistics, build_engine
 from ._inbox import CallbackRouter
 from ._job import EditsJob, ImagineHandle, ImagineJob, Job, TaskHandle, VideoJob, short_call
-from ._limiter import JobLimiter, Limiter
+from ._limiter import Limiter
 from ._models.params import (
     MAX_PROMPT_CHARS,
     check_max_prompt_chars,
@@ -54,7 +53,7 @@ from ._models.results import (
     VideoUpdate,
 )
 from ._models.task import TaskBatch, TaskRecord
-from ._providers import ProviderName, get_provider
+from ._providers import ProviderName
 from ._requests import (
     BlendOptions,
     EditsOptions,
@@ -67,7 +66,7 @@ from ._requests import (
     VideosOptions,
     ZoomFactor,
 )
-from ._transport import HTTPSession, SessionPool, Transport, files
+from ._transport import HTTPSession, SessionPool, files
 from ._types import PanDirection, WaitVia
 
 if TYPE_CHECKING:
@@ -171,42 +170,22 @@ class Client:
         clock: Callable[[], float],
         sleep: Callable[[float], Awaitable[None]],
     ) -> None:
-        self._provider = provider = get_provider(settings.provider)
-        self._api_key, self._base_url = requests.account(provider, api_key, base_url, os.environ)
-        if settings.wait_via == "callback" and webhooks is None:
-            raise InvalidRequestError("wait_via='callback' needs webhooks=WebhookReceiver(...)")
-        credentials = provider.credential_headers()
-        if any(name.lower() in credentials for name in settings.default_headers):
-            raise InvalidRequestError("pass the API key as api_key=, not in default_headers")
+        self._engine, self._api_key, self._base_url = build_engine(
+            settings,
+            api_key,
+            base_url,
+            os.environ,
+            pool=pool,
+            callbacks=webhooks,
+            limiter=limiter,
+            clock=clock,
+            sleep=sleep,
+        )
+        self._provider = self._engine.provider
         self._settings = settings
         self._webhooks = webhooks
         self._pool = pool
         self._owns_pool = owns_pool
-        transport = Transport(
-            pool,
-            base_url=self._base_url,
-            headers={**settings.default_headers, **provider.auth_headers(self._api_key)},
-            secrets=(self._api_key,),
-            timeouts=settings.timeouts,
-            max_response_bytes=settings.max_response_bytes,
-            error_for_status=provider.status_error,
-        )
-        poll, limits = settings.poll, settings.limits
-        self._engine = Engine(
-            provider=provider,
-            transport=transport,
-            poll=poll,
-            retry=settings.retry,
-            limiter=limiter
-            or JobLimiter(
-                limits.max_in_flight, submits_per_second=limits.submits_per_second, clock=clock, sleep=sleep
-            ),
-            max_line_bytes=settings.max_line_bytes,
-            wait_via=settings.wait_via,
-            callbacks=webhooks,
-            clock=clock,
-            sleep=sleep,
-        )
 
     # -- lifecycle ------------------------------------------------------------------------------------
 

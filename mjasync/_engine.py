@@ -22,7 +22,7 @@ from __future__ import annotations
 import functools
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
@@ -30,26 +30,28 @@ from typing import Any, Generic, Protocol, TypeVar
 import anyio
 import msgspec
 
-from ._config import PollPolicy, RetryPolicy
+from . import _requests as requests
+from ._config import ClientSettings, PollPolicy, RetryPolicy
 from ._exceptions import (
     AmbiguousSubmitError,
     APIError,
     APIStatusError,
     APITimeoutError,
     BadRequestError,
+    InvalidRequestError,
     MJError,
     NotFoundError,
     RateLimitError,
     WaitTimeoutError,
 )
 from ._inbox import CallbackInbox, CallbackRouter, Subscription
-from ._limiter import Limiter, LimiterStatistics
+from ._limiter import JobLimiter, Limiter, LimiterStatistics
 from ._lookups import TaskPoller
 from ._models.requests import AnyRequest, JobRequest
 from ._models.results import Result
-from ._providers import Provider, WireRequest
+from ._providers import Provider, WireRequest, get_provider
 from ._retry import phase_of, retry_delay
-from ._transport import Transport, WireResponse
+from ._transport import SessionPool, Transport, WireResponse
 from ._types import NOT_GIVEN, NotGiven, WaitVia
 
 __all__ = [
@@ -60,6 +62,7 @@ __all__ = [
     "KnownTasks",
     "Resumed",
     "SendLog",
+    "build_engine",
     "with_retries_taken",
 ]
 
@@ -520,6 +523,55 @@ class Engine:
                 f"{len(matches)} recent tasks match this submit; cannot tell which is ours"
             )
         return next(iter(matches), None)
+
+
+def build_engine(
+    settings: ClientSettings,
+    api_key: str | None,
+    base_url: str | None,
+    environ: Mapping[str, str],
+    *,
+    pool: SessionPool,
+    callbacks: CallbackRouter | None,
+    limiter: Limiter | None,
+    clock: Callable[[], float],
+    sleep: Callable[[float], Awaitable[None]],
+) -> tuple[Engine, str, str]:
+    """A client's engine for `settings`, and the API key and base URL it resolved (from the arguments,
+    else `environ`). Refuses settings that cannot work together, before anything is sent."""
+    provider = get_provider(settings.provider)
+    api_key, base_url = requests.account(provider, api_key, base_url, environ)
+    if settings.wait_via == "callback" and callbacks is None:
+        raise InvalidRequestError("wait_via='callback' needs webhooks=WebhookReceiver(...)")
+    credentials = provider.credential_headers()
+    if any(name.lower() in credentials for name in settings.default_headers):
+        raise InvalidRequestError("pass the API key as api_key=, not in default_headers")
+    transport = Transport(
+        pool,
+        base_url=base_url,
+        headers={**settings.default_headers, **provider.auth_headers(api_key)},
+        secrets=(api_key,),
+        timeouts=settings.timeouts,
+        max_response_bytes=settings.max_response_bytes,
+        error_for_status=provider.status_error,
+    )
+    limits = settings.limits
+    engine = Engine(
+        provider=provider,
+        transport=transport,
+        poll=settings.poll,
+        retry=settings.retry,
+        limiter=limiter
+        or JobLimiter(
+            limits.max_in_flight, submits_per_second=limits.submits_per_second, clock=clock, sleep=sleep
+        ),
+        max_line_bytes=settings.max_line_bytes,
+        wait_via=settings.wait_via,
+        callbacks=callbacks,
+        clock=clock,
+        sleep=sleep,
+    )
+    return engine, api_key, base_url
 
 
 class _Tries:

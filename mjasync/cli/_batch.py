@@ -84,6 +84,11 @@ Nothing is submitted twice. A job's key is its "id", else L<line>-<hash of the l
 file renumbers unnamed jobs: give them ids if you edit it between runs); an upscale's key is
 <key>/upscale<n>, sent once its grid has finished (if the grid failed, it gets a "Skipped" line).
 
+distributed (on Redis, `pip install 'mjasync[redis]'`): `mjasync batch FILE --redis URL --run NAME`
+only enqueues the file's jobs (again: adds nothing); `mjasync worker --redis URL --run NAME` runs them
+on any number of hosts; `mjasync batch status|results --redis URL --run NAME [--out DIR]` watches and
+collects them from any host. Exit 4: Redis could not be reached, or lost the run's data.
+
 exit status: 0 every job ended with its result; 1 some jobs did not end (connection trouble, 5xx,
 401, 429, wait deadline: rerun to resume them); 2 bad input or usage; 3 every job ended but some
 failed (refused, failed by the provider, an undecodable answer, a task id the provider does not

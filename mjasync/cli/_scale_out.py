@@ -58,7 +58,7 @@ def add_redis_arguments(parser: argparse.ArgumentParser, *, run_required: bool) 
         "--redis",
         metavar="URL",
         required=run_required,
-        help="Redis URL (redis://host:6379/0) shared by every worker: enqueue the run there",
+        help="Redis URL (redis://host:6379/0) that every worker and batch command of the run shares",
     )
     group.add_argument(
         "--run",
