@@ -101,7 +101,7 @@ TYPES = {
 REDIS = {
     "CoordinatorError",
     "CoordinatorUnavailableError",
-    "OutcomeError",
+    "ErrorInfo",
     "QueuedJob",
     "RunDataLostError",
     "RunOutcome",

@@ -45,8 +45,8 @@ from mjasync import (
 
 from .._exceptions import TaskNotFoundError
 from .._job import ImagineHandle, ImagineJob
+from .._models.errors import error_info
 from .._models.results import ImagineUpdate
-from .._redact import redact
 from ._batch_input import InputJob, Unit, digest, grid_job, iter_units
 from ._batch_view import BatchView
 from ._journal import (
@@ -91,13 +91,7 @@ def _error_info(error: MJError, *, resumed: bool = False) -> ErrorInfo:
             f"the provider does not know the task id the journal recorded for this job ({message}); "
             "was this run resumed against another server or account than the one that accepted it?"
         )
-    code = getattr(error, "code", None)
-    return ErrorInfo(
-        type=type(error).__name__,
-        message=redact(message, excerpt=True),
-        code=redact(str(code), excerpt=True) if code is not None else None,
-        status=getattr(error, "status", None),
-    )
+    return error_info(error, message)
 
 
 def _safe_name(key: str) -> str:

@@ -52,6 +52,8 @@ from typing import Final, TypeVar
 
 import msgspec
 
+from .._models.errors import ErrorInfo
+
 __all__ = [
     "JOURNAL_NAME",
     "LOCK_NAME",
@@ -141,15 +143,6 @@ _NO_COPY: Final = "the job failed, and results.jsonl lost its line; the journal 
 
 
 JournalRecord = RunRecord | SubmittingRecord | AcceptedRecord | FinishedRecord
-
-
-class ErrorInfo(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
-    """Why a job ended without a result: the error's class name, and what the provider said."""
-
-    type: str
-    message: str
-    code: str | None = None
-    status: int | None = None
 
 
 class ResultLine(msgspec.Struct, kw_only=True, frozen=True):

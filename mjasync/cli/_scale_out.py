@@ -30,7 +30,7 @@ from ..redis._connect import describe
 from ..redis._queue import QueuedJob, RunOutcome, RunQueue, RunStatus
 from ._batch_input import InputJob
 from ._batch_run import _safe_name
-from ._journal import RESULTS_NAME, ErrorInfo, ResultLine, encode_line
+from ._journal import RESULTS_NAME, ResultLine, encode_line
 
 __all__ = [
     "DEFAULT_ACCOUNT",
@@ -241,9 +241,7 @@ async def _line(
         actions=list(result.actions) if result is not None else [],
         images=saved,
         images_error=images_error,
-        error=None
-        if error is None
-        else ErrorInfo(type=error.type, message=error.message, code=error.code, status=error.status),
+        error=error,
         retries=outcome.retries,
         at=time.time(),
     )

@@ -30,13 +30,13 @@ except ImportError as exc:  # pragma: no cover (the extra is installed wherever 
 
 from .._exceptions import CoordinatorError, CoordinatorUnavailableError, RunDataLostError
 from ._limits import SharedLimits, SharedStatistics
-from ._queue import OutcomeError, QueuedJob, RunOutcome, RunQueue, RunStatus
+from ._queue import ErrorInfo, QueuedJob, RunOutcome, RunQueue, RunStatus
 from ._worker import Worker, WorkerEvent, WorkerStatistics
 
 __all__ = [
     "CoordinatorError",
     "CoordinatorUnavailableError",
-    "OutcomeError",
+    "ErrorInfo",
     "QueuedJob",
     "RunDataLostError",
     "RunOutcome",

@@ -32,6 +32,7 @@ import redis.exceptions
 from redis.commands.core import AsyncScript
 
 from .._exceptions import CoordinatorError, InvalidRequestError, RunDataLostError
+from .._models.errors import ErrorInfo
 from .._models.params import PromptParams
 from .._models.results import ImagineResult
 from .._types import Mode
@@ -45,7 +46,7 @@ __all__ = [
     "Entry",
     "Intent",
     "JobRecord",
-    "OutcomeError",
+    "ErrorInfo",
     "QueuedJob",
     "RunOutcome",
     "RunQueue",
@@ -107,15 +108,6 @@ class QueuedJob(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
             raise InvalidRequestError(f"job {self.key!r}: a follow-up has no follow-ups of its own")
 
 
-class OutcomeError(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """Why a job ended without a result: the error's class name and message (no secret), its code and status."""
-
-    type: str
-    message: str
-    code: str | None = None
-    status: int | None = None
-
-
 class RunOutcome(msgspec.Struct, frozen=True, kw_only=True):
     """One ended job of a run: its result, or why it has none. Each job ends exactly once.
 
@@ -130,7 +122,7 @@ class RunOutcome(msgspec.Struct, frozen=True, kw_only=True):
     prompt: str = ""
     task_id: str | None = None
     result: ImagineResult | None = None
-    error: OutcomeError | None = None
+    error: ErrorInfo | None = None
     #: Retries the client took for it (sends and lookups), as the result or error said.
     retries: int = 0
     #: Submits announced for it (intents): more than 1 only when earlier ones were proven to make no task.

@@ -66,12 +66,12 @@ from .._exceptions import (
 )
 from .._job import ImagineHandle, ImagineJob
 from .._limiter import Limiter
+from .._models.errors import error_info
 from .._models.results import ImagineResult
-from .._redact import redact
 from .._retry import made_no_task
 from .._types import WaitVia
 from ._connect import check_name
-from ._queue import Entry, OutcomeError, QueuedJob, RunOutcome, RunQueue, Taken
+from ._queue import Entry, QueuedJob, RunOutcome, RunQueue, Taken
 
 __all__ = [
     "KILL_AT_ENV",
@@ -742,20 +742,13 @@ class Worker:
         task_id: str | None = None,
         adopted: bool = False,
     ) -> _Ending:
-        code = getattr(error, "code", None)
-        info = OutcomeError(
-            type=type(error).__name__,
-            message=redact(str(error), excerpt=True),
-            code=redact(str(code), excerpt=True) if code is not None else None,
-            status=getattr(error, "status", None),
-        )
         outcome = RunOutcome(
             key=spec.key,
             ok=False,
             state=state,
             prompt=spec.prompt,
             task_id=task_id or getattr(error, "task_id", None),
-            error=info,
+            error=error_info(error),
             retries=int(getattr(error, "retries_taken", 0) or 0),
             submits=attempts,
             adopted=adopted,
