@@ -66,6 +66,7 @@ BENCHES: dict[str, Callable[[bool], list[Figure]]] = {
     "4": _module_run("bench_scale"),
     "5": _module_run("bench_polling"),
     "6": _module_run("bench_capacity"),
+    "7": _module_run("bench_scale_out"),
 }
 
 

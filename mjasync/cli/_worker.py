@@ -77,6 +77,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="seconds a submit's fence lasts (default: %(default)s)",
     )
     parser.add_argument(
+        "--slot-lease",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="seconds a dead worker's in-flight slots stay taken before others may use them; keep it "
+        "longer than a Redis outage you want to ride out (default: %(default)s)",
+    )
+    parser.add_argument(
         "--claim-after",
         type=float,
         default=30.0,
@@ -115,6 +123,8 @@ def run_worker(args: argparse.Namespace) -> int:
         return _usage("--until-done needs --run NAME")
     if args.concurrency < 1 or args.max_in_flight < 1:
         return _usage("--concurrency and --max-in-flight must be >= 1")
+    if not (args.lease > 0 and args.claim_after > 0 and args.slot_lease > 0):
+        return _usage("--lease, --slot-lease and --claim-after must be > 0 seconds")
     key_names = api_key_env(get_provider(args.provider))
     if not (args.api_key or any(os.environ.get(name) for name in key_names)):
         return _usage(f"no API key: pass --api-key or set {' or '.join(key_names)}")
@@ -149,7 +159,9 @@ def _usage(message: str) -> int:
 async def _main(args: argparse.Namespace) -> int:
     received: list[int] = []
     async with (
-        SharedLimits(args.redis, account=args.account, max_in_flight=args.max_in_flight) as limits,
+        SharedLimits(
+            args.redis, account=args.account, max_in_flight=args.max_in_flight, lease=args.slot_lease
+        ) as limits,
         mjasync.Client(
             api_key=args.api_key,
             base_url=args.base_url,

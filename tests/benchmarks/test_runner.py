@@ -65,3 +65,14 @@ def test_the_run_writes_a_results_table_and_a_plot(quick_run: Path) -> None:
     assert "![ratios](ratios.png)" in results
     with Image.open(quick_run / "ratios.png") as plot:
         assert plot.format == "PNG" and plot.width > 400 and plot.height > 200
+
+
+@pytest.mark.timeout(600)
+def test_benchmark_7_reports_each_worker_count_against_the_caps_ideal(quick_run: Path) -> None:
+    """Scale-out: figures for 1, 2 and 4 workers, the 4-worker share of the ideal judged."""
+    figures = json.loads((quick_run / "results.json").read_text())["figures"]
+    mine = [f for f in figures if f["bench"] == "7 scale-out"]
+    assert mine, "no figures for benchmark 7"
+    judged = [f for f in mine if f["target"]]
+    assert judged and all(isinstance(f["met"], bool) for f in judged)
+    assert "## 7 scale-out" in (quick_run / "RESULTS.md").read_text()
