@@ -1,13 +1,16 @@
-"""A local emulator of AceData's and GoAPI's Midjourney APIs, for tests that run over real sockets offline.
+"""A local emulator that speaks AceData, GoAPI and midjourney-proxy, for tests over real sockets offline.
 
     async with Emulator() as emu:          # binds 127.0.0.1 on a free port
         ...                                # point a client at emu.url with token "test-token"
-                                           # (AceData: /midjourney/*, Bearer; GoAPI: /mj/v2/*, X-API-KEY)
+                                           # (AceData: /midjourney/*, Bearer; GoAPI: /mj/v2/*, X-API-KEY;
+                                           # midjourney-proxy: /mj/* and /mj-fast|relax|turbo/mj/*,
+                                           # mj-api-secret or Authorization)
         assert emu.counters["submits"] == 1
 
 Faults for robustness tests: ``Emulator(faults=FaultPlan(rate=0.2, seed=1))`` for a seeded share of all
 requests, or per request the header ``x-mjasync-fault: 500; phase=after`` (grammar in `_faults`);
-``Emulator(concurrency_limit=N)`` answers 429 past N open submits per token. Counters, tasks per prompt
+``Emulator(concurrency_limit=N)`` answers 429 past N open submits per token (midjourney-proxy instead runs N
+tasks per token and queues the rest: codes 22, then 23 past ``proxy_queue_size``). Counters, tasks per prompt
 and faults are also served, without auth, at ``GET /_emulator/counters`` (``POST /_emulator/reset``);
 when each job ended (`Emulator.finish_times`) at ``GET /_emulator/finishes``.
 
@@ -29,7 +32,7 @@ import anyio
 from aiohttp import web
 from anyio.abc import TaskGroup
 
-from . import _acedata, _goapi
+from . import _acedata, _goapi, _proxy
 from ._app import make_app
 from ._faults import FAULT_HEADER, FAULT_KINDS, FaultInjector, FaultPlan, FaultRecord
 from ._store import (
@@ -64,7 +67,7 @@ DEFAULT_BANNED_WORDS = ("gore",)
 
 
 class Emulator:
-    """Serve the AceData and GoAPI Midjourney APIs locally for as long as the ``async with`` block runs.
+    """Serve the AceData, GoAPI and midjourney-proxy APIs locally for as long as the ``async with`` block runs.
 
     Args:
         host: Interface to bind; keep the default loopback address.
@@ -79,6 +82,9 @@ class Emulator:
         queue_fraction: Share of `speed` a job spends queued before it starts.
         faults: Faults injected into a seeded share of requests (the header works regardless).
         concurrency_limit: Open submits allowed per token; one more is answered 429 with Retry-After.
+            midjourney-proxy: tasks running at once per token; later ones wait (code 22).
+        proxy_queue_size: midjourney-proxy tasks that may wait per token under the concurrency limit;
+            past them a submit is refused with code 23.
     """
 
     def __init__(
@@ -96,11 +102,14 @@ class Emulator:
         queue_fraction: float = 0.15,
         faults: FaultPlan | None = None,
         concurrency_limit: int | None = None,
+        proxy_queue_size: int = 10,
     ) -> None:
         if speed < 0:
             raise ValueError("speed must be >= 0")
         if not 0 <= queue_fraction < 1:
             raise ValueError("queue_fraction must be in [0, 1)")
+        if proxy_queue_size < 0:
+            raise ValueError("proxy_queue_size must be >= 0")
         self.host = host
         self._requested_port = port
         self._port: int | None = None
@@ -115,6 +124,7 @@ class Emulator:
         )
         self._store = Store(settings, clock)
         self._faults = FaultInjector(self._store, faults, concurrency_limit)
+        self._proxy_queue_size = proxy_queue_size
         self._stack: contextlib.AsyncExitStack | None = None
 
     # --- what tests look at ---
@@ -234,7 +244,12 @@ class Emulator:
                 # The fault middleware runs inside the request log; /_emulator/* is outside any provider.
                 app = make_app(
                     store,
-                    [_acedata.provider(), _goapi.provider()],
+                    # GoAPI before midjourney-proxy: its /mj/v2/ lies inside the proxy's /mj/.
+                    [
+                        _acedata.provider(),
+                        _goapi.provider(),
+                        _proxy.provider(self._faults, queue_size=self._proxy_queue_size),
+                    ],
                     middlewares=[self._faults.middleware],
                     extra_routes=[*self._faults.routes(), store.finishes_route()],
                 )

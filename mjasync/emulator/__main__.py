@@ -19,7 +19,7 @@ from . import DEFAULT_BANNED_WORDS, DEFAULT_TOKEN, FAULT_KINDS, Emulator, FaultP
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m mjasync.emulator",
-        description="Serve a local emulator of AceData Cloud's Midjourney API until Ctrl-C.",
+        description="Serve a local emulator that speaks AceData, GoAPI and midjourney-proxy until Ctrl-C.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: %(default)s)")
     parser.add_argument(
@@ -33,7 +33,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         action="append",
         dest="tokens",
         metavar="T",
-        help=f"accepted bearer token; repeat for several (default: {DEFAULT_TOKEN})",
+        help=f"accepted token (bearer, X-API-KEY or mj-api-secret); repeat for several (default: {DEFAULT_TOKEN})",
     )
     parser.add_argument(
         "--banned-word", action="append", dest="banned_words", metavar="W", help="moderated word"
@@ -56,7 +56,17 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         help="paths faulted (default: all)",
     )
     faults.add_argument(
-        "--concurrency-limit", type=int, metavar="N", help="open submits per token before a 429"
+        "--concurrency-limit",
+        type=int,
+        metavar="N",
+        help="open submits per token before a 429 (midjourney-proxy: running tasks per token)",
+    )
+    faults.add_argument(
+        "--proxy-queue-size",
+        type=int,
+        default=10,
+        metavar="N",
+        help="midjourney-proxy tasks waiting per token before code 23 (default: %(default)s)",
     )
     return parser.parse_args(argv)
 
@@ -88,6 +98,7 @@ async def _serve(args: argparse.Namespace, plan: FaultPlan | None) -> None:
             banned_words=banned,
             faults=plan,
             concurrency_limit=args.concurrency_limit,
+            proxy_queue_size=args.proxy_queue_size,
         ) as emu:
             print(f"mjasync emulator listening on {emu.url}", flush=True)
             async for _ in signals:
@@ -102,6 +113,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.concurrency_limit is not None and args.concurrency_limit < 1:
         print("error: --concurrency-limit must be >= 1", file=sys.stderr)
+        return 2
+    if args.proxy_queue_size < 0:
+        print("error: --proxy-queue-size must be >= 0", file=sys.stderr)
         return 2
     try:
         plan = _plan(args)

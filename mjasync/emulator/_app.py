@@ -14,7 +14,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from ._images import placeholder_mp4, render_png
-from ._store import LOOKUP_PATHS, STORE_KEY, APIError, Closing, RecordedRequest, Store
+from ._store import STORE_KEY, APIError, Closing, RecordedRequest, Store, is_lookup
 
 __all__ = [
     "HTTP_URL",
@@ -43,7 +43,7 @@ HTTP_URL = re.compile(r"^https?://[^\s/]+\S*$", re.IGNORECASE)
 
 _log = logging.getLogger("mjasync.emulator")
 # Never recorded: tests may print or log what the emulator saw.
-_SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "x-api-key", "cookie"})
+_SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "x-api-key", "mj-api-secret", "cookie"})
 _MAX_RENDER_SIDE = 8192
 _ERROR_CODES = {
     400: "bad_request",
@@ -75,20 +75,26 @@ class ProviderSpec:
     """One provider the emulator speaks: where its API lives, how it checks keys, how its errors look."""
 
     name: str
-    #: Every API path of this provider starts with it, e.g. ``/midjourney/``.
-    prefix: str
+    #: Every API path of this provider starts with it (or one of them), e.g. ``/midjourney/``.
+    prefix: str | tuple[str, ...]
+    #: POST routes.
     routes: Sequence[tuple[str, Handler]]
     #: Whether the request carries an accepted key for this provider.
     authorized: Callable[[web.Request, tuple[str, ...]], bool]
     #: The provider's error response for (status, code, message, *, trace_id=None).
     error_response: Callable[..., web.Response]
+    #: GET routes (midjourney-proxy fetches and lists tasks with GET).
+    get_routes: Sequence[tuple[str, Handler]] = ()
 
 
 PROVIDERS_KEY = web.AppKey("mjasync.emulator.providers", tuple)
 
 
 def provider_for(request: web.Request) -> ProviderSpec | None:
-    """The provider whose API *request* is for, or None (CDN and emulator-only routes)."""
+    """The provider whose API *request* is for, or None (CDN and emulator-only routes).
+
+    The first whose prefix matches: GoAPI's ``/mj/v2/`` comes before midjourney-proxy's ``/mj/``.
+    """
     for spec in request.app[PROVIDERS_KEY]:
         if request.path.startswith(spec.prefix):
             return cast(ProviderSpec, spec)
@@ -126,6 +132,8 @@ def make_app(
     for spec in providers:
         for path, handler in spec.routes:
             app.router.add_post(path, handler)
+        for path, handler in spec.get_routes:
+            app.router.add_get(path, handler)
     app.router.add_routes(list(extra_routes))
     app.router.add_get(r"/images/{image_id:\d+}.png", _get_image)
     app.router.add_get(r"/images/{image_id:\d+}/0_{index:[0-3]}.png", _get_image)
@@ -149,7 +157,7 @@ async def _api(request: web.Request, handler: Handler) -> web.StreamResponse:
     )
     store.requests.append(entry)
     store.count("requests")
-    if request.path in LOOKUP_PATHS:
+    if is_lookup(request.path):
         store.count("polls")
     response = await _guarded(request, handler, store, entry, spec)
     entry.status = response.status

@@ -49,7 +49,8 @@ submits; elsewhere ``before``.
 
 ``Emulator(concurrency_limit=N)``: a submit arriving while N submits of the same token are open (streams
 and sync waits while they last, async submits until answered) is answered 429 with Retry-After before
-anything is created.
+anything is created. midjourney-proxy's submits (`PROXY_SUBMIT_PATHS`) are not held open and never get
+this 429: the proxy runs N tasks per token and queues the rest itself (codes 22 and 23, see `_proxy`).
 
 Limits that change while the emulator runs (a provider that lowers an account's cap, or has an outage),
 set with `Emulator.set_limits` or, from another process, ``POST /_emulator/limits`` (no auth) with a
@@ -92,13 +93,14 @@ import anyio
 from aiohttp import web
 
 from ._app import Handler, error_for, provider_for
-from ._store import LOOKUP_PATHS, APIError, Store
+from ._store import LOOKUP_PATHS, APIError, Store, is_lookup
 
 __all__ = [
     "FAULT_COUNTERS",
     "FAULT_HEADER",
     "FAULT_KINDS",
     "FETCH_PATHS",
+    "PROXY_SUBMIT_PATHS",
     "SUBMIT_PATHS",
     "Fault",
     "FaultInjector",
@@ -126,13 +128,23 @@ FAULT_COUNTERS = (
     "fault_after",
     *(f"fault_{kind}" for kind in (*FAULT_KINDS, "concurrency", "outage")),
 )
-#: Requests that may create a billed task: AceData's long jobs and GoAPI's legacy task endpoints.
+#: midjourney-proxy's submits, under every mode prefix. They answer at once, so the concurrency limit
+#: does not refuse them with 429: the proxy queues their tasks itself (codes 22 and 23, `_proxy`).
+PROXY_SUBMIT_PATHS = frozenset(
+    f"{prefix}/mj/submit/{name}"
+    for prefix in ("", "/mj-fast", "/mj-relax", "/mj-turbo")
+    for name in ("imagine", "action", "modal", "blend", "describe", "shorten", "change", "simple-change")
+)
+#: Requests that may create a billed task: AceData's long jobs, GoAPI's legacy task endpoints and
+#: midjourney-proxy's submits.
 SUBMIT_PATHS = frozenset(
     {"/midjourney/imagine", "/midjourney/edits", "/midjourney/videos"}
     | {f"/mj/v2/{name}" for name in ("imagine", "upscale", "variation", "reroll", "blend", "describe")}
     | {f"/mj/v2/{name}" for name in ("seed", "inpaint", "outpaint", "pan")}
+    | PROXY_SUBMIT_PATHS
 )
-#: Task lookups.
+#: Task lookups with a fixed path; midjourney-proxy's (``/mj/task/{id}/fetch``...) are matched by
+#: `is_lookup`, which scope ``fetch`` uses.
 FETCH_PATHS = LOOKUP_PATHS
 
 _FAILURES = frozenset({"429", "500", "502", "503", "504", "reset"})
@@ -192,7 +204,7 @@ class FaultPlan:
         rate: Share of in-scope requests that get a fault, 0 to 1.
         kinds: Kinds to draw from (`FAULT_KINDS`), evenly or as ``{kind: weight}``.
         seed: Seed of the per-request ``random.Random``.
-        scope: ``all`` API paths, only ``submits`` (`SUBMIT_PATHS`) or only ``fetch`` (`FETCH_PATHS`).
+        scope: ``all`` API paths, only ``submits`` (`SUBMIT_PATHS`) or only ``fetch`` (`is_lookup`).
         paths: Exact paths instead of *scope*.
         after_share: Share of 500/502/504/reset faults on submits injected after the task is created.
         retry_after: Seconds in the Retry-After of 429 and 503 (and of the concurrency limit's 429).
@@ -242,7 +254,7 @@ class FaultPlan:
         """Whether requests to *path* may draw a fault."""
         if self.paths is not None:
             return path in self.paths
-        return {"all": True, "submits": path in SUBMIT_PATHS, "fetch": path in FETCH_PATHS}[self.scope]
+        return {"all": True, "submits": path in SUBMIT_PATHS, "fetch": is_lookup(path)}[self.scope]
 
     def fault(self, kind: str, phase: Phase) -> Fault:
         """The `Fault` this plan injects for *kind*."""
@@ -589,7 +601,8 @@ class FaultInjector:
         pending = _Pending(self, fault, source, request.path) if fault else None
         if pending is not None and pending.fault.fails and pending.fault.phase == "before":
             return await self._fail(request, pending)
-        submit = request.path in SUBMIT_PATHS
+        # midjourney-proxy's submits are not held open: its tasks are queued by `_proxy` instead.
+        submit = request.path in SUBMIT_PATHS and request.path not in PROXY_SUBMIT_PATHS
         # Keyed by the raw credential (never recorded); AceData sends a Bearer token, GoAPI an X-API-Key.
         token = request.headers.get("Authorization") or request.headers.get("X-API-Key") or ""
         if (

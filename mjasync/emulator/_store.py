@@ -8,6 +8,7 @@ the synchronous reply - is a pure function of that plan and the clock, so they a
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 import time
 import uuid
@@ -38,6 +39,7 @@ __all__ = [
     "Store",
     "TaskRecord",
     "VideoRecord",
+    "is_lookup",
 ]
 
 JSON = dict[str, Any]
@@ -57,6 +59,17 @@ COUNTERS = (
 )
 #: Task lookups (a client polling): each request here counts in ``counters["polls"]``.
 LOOKUP_PATHS = frozenset({"/midjourney/tasks", "/mj/v2/fetch", "/mj/v2/multi_fetch"})
+# midjourney-proxy's lookups carry the task id in the path, under any mode prefix.
+_PROXY_LOOKUP = re.compile(
+    r"^/(?:mj-(?:fast|relax|turbo)/)?mj/task/(?:[^/]+/fetch|list-by-condition|list-by-ids|list|queue)$"
+)
+
+
+def is_lookup(path: str) -> bool:
+    """Whether a request to *path* looks tasks up (`LOOKUP_PATHS`, or a midjourney-proxy task query)."""
+    return path in LOOKUP_PATHS or _PROXY_LOOKUP.match(path) is not None
+
+
 #: Returns the current time in unix seconds; `time.time` unless a test injects its own.
 Clock = Callable[[], float]
 
@@ -275,6 +288,8 @@ class Store:
         self.videos: dict[str, VideoRecord] = {}
         #: GoAPI's tasks, apart from AceData's: neither provider can look up the other's ids.
         self.goapi_tasks: dict[str, BilledTask] = {}
+        #: midjourney-proxy's tasks (`_proxy_tasks.ProxyTask`), apart from the other two's.
+        self.proxy_tasks: dict[str, BilledTask] = {}
         self.requests: list[RecordedRequest] = []
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
         self.tasks_per_prompt: dict[str, int] = {}
@@ -373,6 +388,12 @@ class Store:
         self.count("tasks")
         self.count_submit(task.billing_prompt)
 
+    def add_proxy_task(self, task: BilledTask) -> None:
+        """Store a midjourney-proxy task; each comes from a billed submit, counted like the others'."""
+        self.proxy_tasks[task.id] = task
+        self.count("tasks")
+        self.count_submit(task.billing_prompt)
+
     def add_image(self, image: ImageRecord) -> ImageRecord:
         """Store and return *image*."""
         self.images[image.image_id] = image
@@ -391,7 +412,7 @@ class Store:
         return [table[i] for i in ids if i in table]
 
     def finish_times(self) -> dict[str, float]:
-        """When each job that has ended by now ended (clock seconds), AceData's and GoAPI's, by task id.
+        """When each job that has ended by now ended (clock seconds), of every provider, by task id.
 
         The time its final (or failure) body became what its lookups show: how late a client learns of
         the end is measured from here.
@@ -399,6 +420,8 @@ class Store:
         now = self.clock()
         ends = {task.id: task.finished_at for task in self.tasks.values()}
         ends.update((task.id, task.finished_at) for task in self.goapi_tasks.values())
+        # A proxy task waiting for its modal has no end yet (infinity), so it is never listed.
+        ends.update((task.id, task.finished_at) for task in self.proxy_tasks.values())
         return {task_id: at for task_id, at in ends.items() if at <= now}
 
     def finishes_route(self) -> web.RouteDef:
