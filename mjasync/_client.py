@@ -93,7 +93,7 @@ class Client:
     The base URL comes from `base_url`, else `MJASYNC_BASE_URL`, else the provider's, and must be an
     origin, `scheme://host[:port]` (a trailing "/" is fine): mjasync adds the API paths itself, so a
     path prefix, a query, a fragment or credentials (`user:password@`) are refused rather than
-    supported. `provider` is "acedata" (the default) or "goapi"; the calls are the same, and what one
+    supported. `provider` is "acedata" (the default), "goapi" or "midjourney-proxy"; the calls are the same, and what one
     lacks raises `UnsupportedFeatureError`. A prompt longer than `max_prompt_chars` (default
     `MAX_PROMPT_CHARS`, 6000; image URLs and `--flags` count) is refused before anything is sent.
     The HTTP session is made inside the running loop on first use and closed by `aclose()` (or

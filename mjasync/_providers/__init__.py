@@ -21,6 +21,7 @@ from ._callback import CallbackTarget
 from ._wire import CallRequest, PageRequest, WireRequest
 from .acedata import ACEDATA, AceDataProvider
 from .goapi import GOAPI, GoapiProvider
+from .proxy import PROXY, ProxyProvider
 
 __all__ = [
     "CALLBACK_SECRET_HEADERS",
@@ -31,6 +32,7 @@ __all__ = [
     "GoapiProvider",
     "PageRequest",
     "Provider",
+    "ProxyProvider",
     "ProviderName",
     "api_key_env",
     "WireRequest",
@@ -98,10 +100,10 @@ class Provider(Protocol):
 
 
 #: The name `Client(provider=...)` takes; a test keeps it equal to the keys of `PROVIDERS`.
-ProviderName = Literal["acedata", "goapi"]
+ProviderName = Literal["acedata", "goapi", "midjourney-proxy"]
 
 #: Every provider by name: the client's `provider=` and the CLI's `--provider` choices.
-PROVIDERS: Final[Mapping[str, Provider]] = MappingProxyType({p.name: p for p in (ACEDATA, GOAPI)})
+PROVIDERS: Final[Mapping[str, Provider]] = MappingProxyType({p.name: p for p in (ACEDATA, GOAPI, PROXY)})
 
 #: Every header some provider carries our callback secret back in (lower case).
 CALLBACK_SECRET_HEADERS: Final = tuple(

@@ -71,6 +71,16 @@ def test_demo_on_goapi_writes_the_same_four_pngs(tmp_path: Path) -> None:
     assert_demo_pngs(out)
 
 
+def test_demo_on_midjourney_proxy_writes_the_same_four_pngs(tmp_path: Path) -> None:
+    """`mjasync demo --provider midjourney-proxy` runs the flow over the emulator's proxy side (`/mj/*`):
+    follow-ups go through the result's buttons (`submit/action` with their customIds)."""
+    out = tmp_path / "out"
+    done = run_demo(tmp_path, "--speed", "0.3", "--out", str(out), "--provider", "midjourney-proxy")
+    assert done.returncode == 0, done.stderr
+    assert "speaking midjourney-proxy" in done.stdout
+    assert_demo_pngs(out)
+
+
 def test_demo_refuses_an_unknown_provider(tmp_path: Path) -> None:
     """An unknown `--provider` is a usage error (exit 2) that names the choices, and writes nothing."""
     done = run_demo(tmp_path, "--provider", "midjourney-dot-com", "--out", str(tmp_path / "out"))
