@@ -27,6 +27,11 @@ Measured, per contender (the emulator's own counters, so every request is counte
 
 A contender runs in a fresh interpreter (`spawn`): `bench_polling.py --contender {per-task,mjasync}
 --url URL --jobs N` prints one JSON line.
+
+`--provider NAME` (default ``acedata``) runs the mjasync contender on another provider's API of the
+same emulator, e.g. ``midjourney-proxy`` (its lookups: ``POST /mj/task/list-by-condition`` batches). The
+baseline stays AceData's per-task polling, the official SDK's way; the emulator counts either
+provider's lookups as tasks-endpoint requests.
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ from _harness import TOKEN, Figure, counters, emit, emulator, ratio_figures, spa
 
 T = TypeVar("T")
 
-__all__ = ["BENCH", "CONTENDERS", "OFFICIAL_INTERVAL", "run"]
+__all__ = ["BENCH", "CONTENDERS", "DEFAULT_PROVIDER", "OFFICIAL_INTERVAL", "measure", "run"]
 
 BENCH = "5 polling"
 #: The official clients' poll interval per task (seconds).
@@ -59,6 +64,8 @@ CONTENDERS = {PER_TASK: "per-task", MJASYNC: "mjasync"}
 CONNECTIONS = 128
 #: Detection delay targets for mjasync (seconds): (percentile, at most).
 DELAY_TARGETS = ((50, 1.0), (95, 3.0))
+#: The API mjasync speaks unless `--provider` says otherwise (the one the baseline speaks).
+DEFAULT_PROVIDER = "acedata"
 
 
 def _prompt(index: int) -> str:
@@ -180,12 +187,16 @@ async def per_task(url: str, jobs: int) -> dict[str, Any]:
 # --- contender: mjasync, default PollPolicy -----------------------------------------------------------
 
 
-async def with_mjasync(url: str, jobs: int) -> dict[str, Any]:
-    """Submit `jobs` imagine jobs (`wait_via="poll"`), then await every handle."""
+async def with_mjasync(url: str, jobs: int, provider: str = DEFAULT_PROVIDER) -> dict[str, Any]:
+    """Submit `jobs` imagine jobs (`wait_via="poll"`) on `provider`'s API, then await every handle."""
     import mjasync
 
     async with mjasync.Client(
-        api_key=TOKEN, base_url=url, wait_via="poll", poll=mjasync.PollPolicy()
+        api_key=TOKEN,
+        base_url=url,
+        provider=provider,  # type: ignore[arg-type]
+        wait_via="poll",
+        poll=mjasync.PollPolicy(),
     ) as client:
         polls_at_start = await _polls(url)
         started = time.perf_counter()
@@ -214,26 +225,30 @@ async def with_mjasync(url: str, jobs: int) -> dict[str, Any]:
 # --- the benchmark ------------------------------------------------------------------------------------
 
 
-def measure(contender: str, *, jobs: int, speed: float) -> dict[str, Any]:
-    """One contender against its own fresh emulator (so counters and task tables start empty)."""
+def measure(contender: str, *, jobs: int, speed: float, provider: str = DEFAULT_PROVIDER) -> dict[str, Any]:
+    """One contender against its own fresh emulator (so counters and task tables start empty);
+    `provider` is the API mjasync speaks (the per-task baseline always speaks AceData's)."""
+    args = ["--contender", CONTENDERS[contender], "--jobs", str(jobs)]
+    if contender == MJASYNC and provider != DEFAULT_PROVIDER:
+        args += ["--provider", provider]
     with emulator(speed=speed) as emu:
-        return spawn(
-            "bench_polling.py", "--contender", CONTENDERS[contender], "--url", emu.url, "--jobs", str(jobs)
-        )
+        return spawn("bench_polling.py", *args, "--url", emu.url)
 
 
-def run(quick: bool = False) -> list[Figure]:
-    """Both contenders at 1,000 jobs of 60 s each (quick: 50 jobs of 4 s, only to see it run)."""
+def run(quick: bool = False, provider: str = DEFAULT_PROVIDER) -> list[Figure]:
+    """Both contenders at 1,000 jobs of 60 s each (quick: 50 jobs of 4 s, only to see it run); mjasync
+    on `provider`'s API."""
     jobs, speed = (50, 4.0) if quick else (1000, 60.0)
-    results = {name: measure(name, jobs=jobs, speed=speed) for name in CONTENDERS}
+    results = {name: measure(name, jobs=jobs, speed=speed, provider=provider) for name in CONTENDERS}
     for name, result in results.items():
         if result["done"] != jobs:
             raise RuntimeError(f"{name}: only {result['done']} of {jobs} jobs finished: {result}")
     theoretical = jobs / OFFICIAL_INTERVAL
+    on = "" if provider == DEFAULT_PROVIDER else f" on {provider}"
     notes = {
         PER_TASK: f"{jobs} jobs of {speed:g} s; one retrieve per task every {OFFICIAL_INTERVAL:g} s "
         f"(theory {theoretical:.0f} req/s)",
-        MJASYNC: f"{jobs} jobs of {speed:g} s; {results[MJASYNC].get('fetches', 0)} lookups, "
+        MJASYNC: f"{jobs} jobs of {speed:g} s{on}; {results[MJASYNC].get('fetches', 0)} lookups, "
         f"{results[MJASYNC].get('mean_batch', 0.0):.1f} ids each on average",
     }
     done = {name: f"{result['done']}/{jobs} jobs finished" for name, result in results.items()}
@@ -298,15 +313,22 @@ def main() -> None:
     parser.add_argument("--url", help="the emulator's URL (with --contender)")
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--quick", action="store_true", help="without --contender: the small run")
+    parser.add_argument(
+        "--provider", default=DEFAULT_PROVIDER, help="the API mjasync speaks (default: %(default)s)"
+    )
     args = parser.parse_args()
     if args.contender is None:
-        for figure in run(quick=args.quick):
+        for figure in run(quick=args.quick, provider=args.provider):
             print(figure)
         return
     if not args.url:
         parser.error("--contender needs --url")
-    contender = per_task if args.contender == "per-task" else with_mjasync
-    emit(asyncio.run(contender(args.url, args.jobs)))
+    if args.contender == "per-task":
+        if args.provider != DEFAULT_PROVIDER:
+            parser.error("the per-task contender speaks AceData only")
+        emit(asyncio.run(per_task(args.url, args.jobs)))
+    else:
+        emit(asyncio.run(with_mjasync(args.url, args.jobs, args.provider)))
 
 
 if __name__ == "__main__":

@@ -2,9 +2,10 @@
 
 A `WebhookReceiver` listens on 127.0.0.1; every job asks the provider to call back there, and `await`
 returns when the callback arrives. If a callback is lost, the job notices the silence and polls for
-itself (after `PollPolicy.callback_grace`): here the emulator drops one callback on purpose.
+itself (after `PollPolicy.callback_grace`): here the emulator loses every callback of one job on
+purpose (GoAPI and AceData send a job one callback; midjourney-proxy's notifyHook one per step).
 
-    python examples/webhook_bot.py [--provider goapi|acedata] [--users N] [--drop N]
+    python examples/webhook_bot.py [--provider goapi|acedata|midjourney-proxy] [--users N] [--drop N]
 """
 
 from __future__ import annotations
@@ -37,12 +38,18 @@ async def main(provider: ProviderName, users: int, drop: int) -> None:
                     group.start_soon(answer, user)
             print(f"answered {len(replies)}/{users} users with {emulator.counters['polls']} polls")
 
-            # The same again, with callbacks lost on the way: those jobs fall back to polling.
+            # The same again, with every callback of `drop` users lost: those jobs fall back to polling.
+            # Every job is sent as many callbacks as the first round's were, and those users go first,
+            # alone, so that theirs are the callbacks due next (the ones the emulator loses).
+            per_job = emulator.counters["callbacks"] // users
             emulator.reset_records()
-            emulator.drop_callbacks(drop)
+            emulator.drop_callbacks(drop * per_job)
             replies.clear()
             async with anyio.create_task_group() as group:
-                for user in range(users):
+                for user in range(drop):
+                    group.start_soon(answer, user)
+            async with anyio.create_task_group() as group:
+                for user in range(drop, users):
                     group.start_soon(answer, user)
             counters = emulator.counters
             print(
@@ -55,8 +62,8 @@ async def main(provider: ProviderName, users: int, drop: int) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--provider", choices=("goapi", "acedata"), default="goapi")
+    parser.add_argument("--provider", choices=("goapi", "acedata", "midjourney-proxy"), default="goapi")
     parser.add_argument("--users", type=int, default=50)
-    parser.add_argument("--drop", type=int, default=1)
+    parser.add_argument("--drop", type=int, default=1, help="users whose callbacks are all lost")
     args = parser.parse_args()
     anyio.run(main, args.provider, args.users, args.drop)

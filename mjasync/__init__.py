@@ -24,6 +24,7 @@ from ._exceptions import APIStatusError as APIStatusError
 from ._exceptions import APITimeoutError as APITimeoutError
 from ._exceptions import AuthenticationError as AuthenticationError
 from ._exceptions import BadRequestError as BadRequestError
+from ._exceptions import BannedPromptError as BannedPromptError
 from ._exceptions import GatewayTimeoutError as GatewayTimeoutError
 from ._exceptions import InvalidRequestError as InvalidRequestError
 from ._exceptions import JobFailedError as JobFailedError
@@ -62,6 +63,7 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
+    "BannedPromptError",
     "Client",
     "GatewayTimeoutError",
     "ImagineResult",

@@ -88,13 +88,14 @@ class Client:
     ```
 
     The key comes from `api_key`, else `MJASYNC_API_KEY`, else the provider's own variable (AceData's
-    `ACEDATACLOUD_API_TOKEN`; GoAPI has none, and never reads AceData's), and must be
+    `ACEDATACLOUD_API_TOKEN`, the proxy's `MJ_API_SECRET`; GoAPI has none; none reads another's), and must be
     visible ASCII (no whitespace, line breaks or control characters: it goes into a header as given).
     The base URL comes from `base_url`, else `MJASYNC_BASE_URL`, else the provider's, and must be an
     origin, `scheme://host[:port]` (a trailing "/" is fine): mjasync adds the API paths itself, so a
     path prefix, a query, a fragment or credentials (`user:password@`) are refused rather than
-    supported. `provider` is "acedata" (the default), "goapi" or "midjourney-proxy"; the calls are the same, and what one
-    lacks raises `UnsupportedFeatureError`. A prompt longer than `max_prompt_chars` (default
+    supported. `provider` is "acedata" (the default), "goapi" or "midjourney-proxy" (the key in
+    `mj-api-secret`; "midjourney-proxy-bearer" sends it as `Authorization: Bearer`, for gateways such
+    as new-api); the calls are the same, and what one lacks raises `UnsupportedFeatureError`. A prompt longer than `max_prompt_chars` (default
     `MAX_PROMPT_CHARS`, 6000; image URLs and `--flags` count) is refused before anything is sent.
     The HTTP session is made inside the running loop on first use and closed by `aclose()` (or
     `async with`), unless you passed your own `http_session`, which you then close yourself.
@@ -438,12 +439,15 @@ class Client:
         """The task id of an earlier submit of the same request, made since `since` (unix time).
 
         For picking up after a crash between a submit and writing down its task id: the provider's
-        recent tasks are searched for one with this request. None when there is none; raises
+        recent tasks are searched for one with this request (one made by this very job, if it was
+        sent; a job rebuilt with the same request finds any job's). None when there is none; raises
         `AmbiguousSubmitError` when several match or the provider cannot list tasks. `since` is
         typically `job.sent_at` of a job you cancelled, or `UnconfirmedSubmit.sent_at` from
         `Outcomes.unconfirmed`.
         """
-        return await self._engine.find_submitted(job.request, since)
+        # The job that was sent knows its nonce: only its own task matches, never an identical
+        # sibling's. A fresh one built from the same request (after a crash) matches any of them.
+        return await self._engine.find_submitted(job.request, since, nonce=job._sent_nonce())
 
     # -- tasks ------------------------------------------------------------------------------------------
 

@@ -6,7 +6,9 @@ the task ids this client holds, one clock and one sleep) and does what they all 
 - `submit`: a submit, retried only when it certainly made no task: it never left, the provider turned
   it away (429, 408), or, when its fate is unknown, a lookup at the provider proved there is no task;
 - `reconcile` / `find_submitted`: that lookup. One that finds the task resumes it; one that cannot
-  tell raises `AmbiguousSubmitError` (unless the policy opts in to resubmitting);
+  tell raises `AmbiguousSubmitError` (unless the policy opts in to resubmitting). A job's `nonce`
+  (made once per job, built into its request by the provider) makes it find its own task, never an
+  identical sibling's; without one (a job rebuilt after a crash) any task of the same request matches;
 - `look_up`: a task's record, in a lookup shared with the other jobs waiting (`_lookups`);
 - `subscribe`: an address the provider can call back, when the client has a receiver.
 
@@ -55,6 +57,7 @@ from ._transport import SessionPool, Transport, WireResponse
 from ._types import NOT_GIVEN, NotGiven, WaitVia
 
 __all__ = [
+    "LISTING_SKEW",
     "MAX_RECONCILE_SCAN",
     "Attempted",
     "Engine",
@@ -71,6 +74,9 @@ R = TypeVar("R", bound=Result)
 
 #: At most this many recent tasks are read when looking a submit up (a busy account makes many).
 MAX_RECONCILE_SCAN = 5_000
+#: The provider's clock may differ from ours: a listed task counts as made before a send only when it is
+#: this much older than the send (the margin AceData's listing filter takes too).
+LISTING_SKEW = 120.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,10 +232,13 @@ class Engine:
         raise out_of_time from last
 
     async def post(self, wire: WireRequest) -> Attempted[WireResponse]:
-        """POST a request that cannot pay twice (a lookup, a short call), retried as `call` does."""
+        """Send a request that cannot pay twice (a lookup, a short call) by its method (a POST, or a
+        provider's GET), retried as `call` does."""
         transport = self.transport
         return await self.call(
-            functools.partial(transport.post, wire.path, wire.body, headers=wire.headers or None)
+            functools.partial(
+                transport.post, wire.path, wire.body, headers=wire.headers or None, method=wire.method
+            )
         )
 
     async def fetch_records(self, task_ids: list[str]) -> dict[str, bytes]:
@@ -270,6 +279,7 @@ class Engine:
         *,
         log: SendLog | None = None,
         budget: float | NotGiven | None = NOT_GIVEN,
+        nonce: str | None = None,
     ) -> Coroutine[Any, Any, Attempted[T | Resumed]]:
         """Send a submit; its answer (or the task found after a lost answer) and the retries taken.
 
@@ -283,21 +293,32 @@ class Engine:
         a failure (a backoff, a reconciling lookup, a cooldown before sending again), runs under
         `log.bounded()`; past the deadline, `WaitTimeoutError`. So the usual call, answered at the
         first try, pays for no cancel scope.
+
+        `nonce`: the one the submit was built with (`Provider.job_request`), which a lookup after a
+        lost answer matches, so the job never takes an identical sibling's task for its own.
         """
         limit = self.transport.timeouts.total if isinstance(budget, NotGiven) else budget
         if limit is None:
             # The usual stream or long wait: the attempts' coroutine itself, with no scope around it. A
             # job holds these frames as long as it waits, so with 10,000 jobs in flight each one counts.
-            return self._attempt_submits(send, request, log, bounding=log, tries=_Tries(), wait_first=True)
-        return self._submit_within(send, request, log, limit)
+            return self._attempt_submits(
+                send, request, log, nonce, bounding=log, tries=_Tries(), wait_first=True
+            )
+        return self._submit_within(send, request, log, nonce, limit)
 
     async def submit_for_task_id(
-        self, wire: WireRequest, request: AnyRequest, *, log: SendLog | None = None
+        self,
+        wire: WireRequest,
+        request: AnyRequest,
+        *,
+        log: SendLog | None = None,
+        nonce: str | None = None,
     ) -> Attempted[str]:
         """POST an asynchronous submit; the provider's task id for it, and the retries taken.
 
-        The id comes from the answer, or from the provider's records when the answer was lost; either
-        way this client holds it from now on (and `log` has it, with no checkpoint in between).
+        The id comes from the answer, or from the provider's records when the answer was lost (found by
+        `nonce`, the one `wire` was built with); either way this client holds it from now on (and `log`
+        has it, with no checkpoint in between).
         """
         transport, provider = self.transport, self.provider
         path, body, headers = wire.path, wire.body, wire.headers or None
@@ -308,7 +329,7 @@ class Engine:
             response = await transport.post(path, body, headers=headers)
             return provider.decode_receipt(response.body, request=f"POST {path}")
 
-        answer = await self.submit(send, request, log=log)
+        answer = await self.submit(send, request, log=log, nonce=nonce)
         task_id = answer.value.task_id if isinstance(answer.value, Resumed) else answer.value
         self.known_tasks.add(task_id)
         if log is not None:
@@ -316,7 +337,12 @@ class Engine:
         return Attempted(task_id, answer.retries_taken)
 
     async def _submit_within(
-        self, send: Callable[[], Awaitable[T]], request: AnyRequest, log: SendLog | None, limit: float
+        self,
+        send: Callable[[], Awaitable[T]],
+        request: AnyRequest,
+        log: SendLog | None,
+        nonce: str | None,
+        limit: float,
     ) -> Attempted[T | Resumed]:
         """`submit` with a budget of `limit` seconds."""
         if not self.limiter.clear_to_submit():
@@ -325,7 +351,7 @@ class Engine:
         tries = _Tries()
         with anyio.move_on_after(limit):
             return await self._attempt_submits(
-                send, request, log, bounding=None, tries=tries, wait_first=False
+                send, request, log, nonce, bounding=None, tries=tries, wait_first=False
             )
         last = tries.last
         if not (tries.unsettled or tries.maybe_made) and last is not None:
@@ -345,6 +371,7 @@ class Engine:
         send: Callable[[], Awaitable[T]],
         request: AnyRequest,
         log: SendLog | None,
+        nonce: str | None,
         *,
         bounding: SendLog | None,
         tries: _Tries,
@@ -380,7 +407,7 @@ class Engine:
                     raise  # the resilience layer is off: the first error is the answer
                 with _within_deadline(bounding):
                     if phase_of(error) == "unknown":
-                        task_id = await self.reconcile(request, error, sent_at, tries.count)
+                        task_id = await self.reconcile(request, error, sent_at, tries.count, nonce=nonce)
                         if task_id is not None:
                             return Attempted(Resumed(task_id), tries.count)
                         # Proven (or, by policy, assumed) that no task was made: a retry cannot pay twice.
@@ -437,12 +464,16 @@ class Engine:
     # -- settling a submit of unknown fate ----------------------------------------------------------------
 
     async def reconcile(
-        self, request: AnyRequest, error: MJError, sent_at: float, attempt: int
+        self, request: AnyRequest, error: MJError, sent_at: float, attempt: int, *, nonce: str | None = None
     ) -> str | None:
         """After a submit of unknown fate: the task's id if the provider has it, None if proven absent.
 
-        Raises `AmbiguousSubmitError` when the provider's records cannot settle it and the policy does
-        not allow resubmitting.
+        `nonce`: the one the submit was built with; a listed task must carry it (`Provider.same_request`).
+
+        Absence is proven only by an error answer's trace id that names no task: a listing without the
+        task proves nothing, as the server (or the one behind a gateway) may still be making it. Raises
+        `AmbiguousSubmitError` when the provider's records cannot settle it and the policy does not
+        allow resubmitting.
         """
         trace_id = error.trace_id if isinstance(error, APIStatusError) else None
         if not isinstance(error, APIStatusError) and self.retry.reconcile_delay:
@@ -451,7 +482,7 @@ class Engine:
         try:
             found = await self._task_by_trace_id(trace_id) if trace_id else None
             if found is None:
-                found = await self._task_by_listing(request, sent_at)
+                found = await self._task_by_listing(request, sent_at, nonce)
         except MJError as lookup_error:
             found = None
             lookup_failed: MJError | None = lookup_error
@@ -476,9 +507,17 @@ class Engine:
         ambiguous.retries_taken = attempt
         raise ambiguous from error
 
-    async def find_submitted(self, request: AnyRequest, since: float) -> str | None:
-        """The id of a task made by an earlier submit of `request` since `since`, not yet held by this client."""
-        found = await self._task_by_listing(request, since)
+    async def find_submitted(
+        self, request: AnyRequest, since: float, *, nonce: str | None = None
+    ) -> str | None:
+        """The id of a task made by an earlier submit of `request` since `since`, not yet held by this client.
+
+        With `nonce` (the job that sent it is at hand), only that job's submit counts; without (a job
+        rebuilt after a crash), any of `request`. None when the provider's complete listing shows none;
+        `AmbiguousSubmitError` when it cannot tell (no listing, or one that does not reach back to
+        `since`, or several tasks match).
+        """
+        found = await self._task_by_listing(request, since, nonce)
         if found is not None:
             self.known_tasks.add(found)
         return found
@@ -492,32 +531,67 @@ class Engine:
         task_id: str | None = record.id or None
         return task_id
 
-    async def _task_by_listing(self, request: AnyRequest, sent_at: float) -> str | None:
+    async def _task_by_listing(self, request: AnyRequest, sent_at: float, nonce: str | None) -> str | None:
+        """The task a submit of `request` sent at `sent_at` made, from the provider's listing of recent
+        tasks (newest first); None when the whole listing since the send shows none. With `nonce`, only
+        a task of that very submit's job matches (`Provider.same_request`).
+
+        The scan ends at the last page (one with fewer tasks than a page holds, or more: a listing that
+        is not paged). A listing with no next page is also complete when its oldest task is older than
+        the send; if all of a full one's tasks are newer (trueai's newest 100), the submit's task may be
+        older than them: it cannot tell, so without a match that is `AmbiguousSubmitError`, never
+        "absent".
+        """
         # A dict keeps the order and counts a task once: pages are read newest first by offset, so tasks
         # made between two reads shift older ones to a later page, where they are seen again (never skipped).
         provider, known = self.provider, self.known_tasks
+        earliest = sent_at - LISTING_SKEW
         matches: dict[str, None] = {}
+        query = provider.recent_tasks_request(request, since=sent_at, offset=0)
+        if query is None:
+            raise AmbiguousSubmitError("this provider cannot list recent tasks to look the submit up")
+        unseen = f"more than {MAX_RECONCILE_SCAN} recent tasks; the submit's was not among them"
         offset = 0
-        while offset < MAX_RECONCILE_SCAN:
-            query = provider.recent_tasks_request(request, since=sent_at, offset=offset)
-            if query is None:
-                raise AmbiguousSubmitError("this provider cannot list recent tasks to look the submit up")
+        while True:
             response = await self.post(query)
             batch = provider.decode_task_batch(response.value.body)
+            items = batch.items
             matches.update(
                 (record.id, None)
-                for record in batch.items
-                if record.id and record.id not in known and provider.same_request(record, request)
+                for record in items
+                if record.id
+                and record.id not in known
+                # A listing that is not filtered by time (the proxy's) shows old tasks of the same request.
+                and (record.created_at is None or record.created_at >= earliest)
+                and provider.same_request(record, request, nonce=nonce)
             )
             offset += query.page_size
-            if len(batch.items) < query.page_size or (batch.count is not None and offset >= batch.count):
+            following = provider.recent_tasks_request(request, since=sent_at, offset=offset)
+            # A total says something only of a listing with further pages: one read's count is its length.
+            total = batch.count if following is not None else None
+            # The last page; or more than a page, so not paged at all: the whole listing (the proxy's NZ).
+            complete = len(items) != query.page_size or (total is not None and offset >= total)
+            if not complete and following is None:
+                # A listing that is one read (the proxy's: NZ lists all, trueai its newest 100) covers the
+                # send when its oldest task is older. A paged one is filtered by time at the provider
+                # (AceData's), so it is read to its last page whatever one record claims.
+                oldest = min((r.created_at for r in items if r.created_at is not None), default=None)
+                complete = oldest is not None and oldest < earliest
+            if complete:
                 break
-        else:
-            if not matches:
-                raise AmbiguousSubmitError(
-                    f"more than {MAX_RECONCILE_SCAN} recent tasks; the submit's was not among them"
+            if following is None:
+                unseen = (
+                    f"the provider lists only its newest {offset} tasks, all made after the submit was "
+                    "sent; its task may be older than them"
                 )
-        # Several identical, unclaimed submits in the window: adopting one could steal another job's task.
+                break
+            if offset >= MAX_RECONCILE_SCAN:
+                break
+            query = following
+        if not complete and not matches:
+            raise AmbiguousSubmitError(unseen)
+        # Several identical, unclaimed submits in the window: adopting one could steal another job's task
+        # (with a nonce, only one job's own sends match: several are its earlier, resubmitted ones).
         if len(matches) > 1:
             raise AmbiguousSubmitError(
                 f"{len(matches)} recent tasks match this submit; cannot tell which is ours"

@@ -53,6 +53,7 @@ __all__ = [
     "AmbiguousSubmitError",
     "AuthenticationError",
     "BadRequestError",
+    "BannedPromptError",
     "CoordinatorError",
     "CoordinatorUnavailableError",
     "GatewayTimeoutError",
@@ -312,6 +313,15 @@ class AmbiguousSubmitError(APIError):
 
 class JobFailedError(APIError):
     """The provider reports the job as failed (a `success: false` result, stream line or task record)."""
+
+
+class BannedPromptError(JobFailedError, ModerationError):
+    """The provider accepted the job, then failed it because moderation banned its prompt.
+
+    Both a `JobFailedError` (the task exists, and failed) and a `ModerationError` (the prompt was
+    refused), so either `except` catches it. `status` is 403, as for a refusal at the submit; `code`
+    is "banned_prompt"; the message is the provider's reason (a banned word when it names one).
+    """
 
 
 class TaskNotFoundError(APIError):

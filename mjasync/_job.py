@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import warnings
 from collections.abc import Callable, Generator
 from typing import Any, Generic, TypeAlias, TypeVar
@@ -26,7 +27,7 @@ from ._models.results import (
 from ._models.task import TaskRecord
 from ._poller import PollCursor
 from ._redact import redact
-from ._stream import JobStream
+from ._stream import JobStream, inline_images, job_wire, submit_for_task
 from ._types import NOT_GIVEN, NotGiven, WaitVia
 
 __all__ = [
@@ -75,6 +76,9 @@ class Job(Generic[R, U]):
         self._sent = False
         self._closed = False
         self._record = SendRecord(engine.poll.deadline, clock=engine.clock)
+        #: This job's own token in its request (`Provider.job_request`): the same in each of its sends,
+        #: and in no other job's, so a lost answer's lookup finds this job's task, never a sibling's.
+        self._nonce = new_nonce()
         self._owes_send = True
 
     def __del__(self) -> None:
@@ -121,6 +125,11 @@ class Job(Generic[R, U]):
     def request(self) -> JobRequest:
         """The request this job sends."""
         return self._request
+
+    def _sent_nonce(self) -> str | None:
+        """The nonce this job's sends carried (`Client.find_task` looks for exactly its task); None
+        when it was never sent, so a lookup matches any job of its request (a job rebuilt after a crash)."""
+        return self._nonce if self._record.sent_at is not None else None
 
     @property
     def kind(self) -> type[R]:
@@ -197,7 +206,13 @@ class Job(Generic[R, U]):
         engine = self._engine
         subscription = engine.subscribe(self._update_type, self._request, progress=True)
         target = None if subscription is None else subscription.target
-        wire = engine.provider.job_request(self._request, via="stream", callback=target)
+        provider = engine.provider
+        # With images to fetch first, the stream builds its request itself, on its first step.
+        wire = (
+            None
+            if provider.image_urls(self._request)
+            else provider.job_request(self._request, via="stream", callback=target, nonce=self._nonce)
+        )
         return JobStream(
             engine,
             self._kind,
@@ -206,6 +221,7 @@ class Job(Generic[R, U]):
             wire,
             record=self._record,
             subscription=subscription,
+            nonce=self._nonce,
         )
 
     async def submit(self) -> TaskHandle[R, U]:
@@ -224,12 +240,15 @@ class Job(Generic[R, U]):
         subscription = (
             engine.subscribe(self._update_type, self._request, progress=False) if callbacks else None
         )
-        if subscription is None:
-            wire = engine.provider.job_request(self._request, via="poll")
-        else:
-            wire = engine.provider.job_request(self._request, via="callback", callback=subscription.target)
+        provider, request, nonce = engine.provider, self._request, self._nonce
+        via: WaitVia = "poll" if subscription is None else "callback"
+        target = None if subscription is None else subscription.target
         try:
-            attempted = await engine.submit_for_task_id(wire, self._request, log=self._record)
+            if provider.image_urls(request):
+                wire = await job_wire(engine, request, via=via, callback=target, nonce=nonce)
+            else:
+                wire = provider.job_request(request, via=via, callback=target, nonce=nonce)
+            attempted = await submit_for_task(engine, wire, request, log=self._record, nonce=nonce)
         except BaseException:
             if subscription is not None:
                 subscription.close()
@@ -251,7 +270,10 @@ class Job(Generic[R, U]):
         self._claim()
         engine = self._engine
         transport, provider = engine.transport, engine.provider
-        wire = provider.job_request(self._request, via="sync")
+        if provider.image_urls(self._request):
+            wire = await job_wire(engine, self._request, via="sync", callback=None, nonce=self._nonce)
+        else:
+            wire = provider.job_request(self._request, via="sync", nonce=self._nonce)
         path = wire.path
         server_timeout = self._request.timeout or DEFAULT_SERVER_TIMEOUT
         # Read longer than the server waits, so its 504 (which keeps the task retrievable) arrives first.
@@ -281,7 +303,7 @@ class Job(Generic[R, U]):
 
         # The wait itself is the answer, so no `Timeouts.total` budget: the job's deadline bounds it,
         # the request itself and every other wait in `Engine.submit`; a resumed one by polling.
-        attempted = await engine.submit(send, self._request, log=self._record, budget=None)
+        attempted = await engine.submit(send, self._request, log=self._record, budget=None, nonce=self._nonce)
         answer, retries = attempted.value, attempted.retries_taken
         if isinstance(answer, Resumed):
             # The long wait was cut short (a 504, a dropped connection) but the task exists: poll it,
@@ -312,6 +334,12 @@ class Job(Generic[R, U]):
             )
         self._sent = True
         self._owes_send = False
+
+
+def new_nonce() -> str:
+    """A fresh random token for one job's (or one task-making call's) requests: 64 bits, so two jobs
+    of one account never share one."""
+    return secrets.token_hex(8)
 
 
 #: How much of a prompt (or other argument) a never-sent job's warning shows.
@@ -455,11 +483,16 @@ async def short_call(engine: Engine, request: AnyRequest, kind: type[R]) -> R:
     a deadline counted from the submit as a job's is, holding an in-flight slot like a job.
     """
     provider = engine.provider
-    call = provider.call_request(request)
+    urls = provider.image_urls(request)  # fetched once, before anything is sent
+    # Its own, as a job's: a task it makes is told from an identical call's after a lost answer.
+    nonce = new_nonce()
+    call = provider.call_request(
+        request, images=await inline_images(engine, urls) if urls else None, nonce=nonce
+    )
     if call.as_task:
         record = SendRecord(engine.poll.deadline, clock=engine.clock)
         async with engine.limiter.slot(request):
-            attempted = await engine.submit_for_task_id(call, request, log=record)
+            attempted = await submit_for_task(engine, call, request, log=record, nonce=nonce)
             handle = TaskHandle(
                 engine,
                 kind,

@@ -56,7 +56,9 @@ _ordered: tuple[str, ...] = ()
 # JSON (`\u002d`, `\/`) and percent escapes let a server echo a secret in a form that decoding turns
 # back into it; an excerpt is unescaped before it is searched. A `repr` of escaped JSON doubles the
 # backslash (`\\u002d`), which counts too.
-_JSON_ESCAPE: Final = re.compile(r"\\+u([0-9a-fA-F]{4})|\\([\"\\/bfnrt])")
+_JSON_ESCAPE: Final = re.compile(
+    r"\\+u([dD][89abAB][0-9a-fA-F]{2})\\+u([dD][c-fC-F][0-9a-fA-F]{2})|\\+u([0-9a-fA-F]{4})|\\([\"\\/bfnrt])"
+)
 _SIMPLE: Final = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", '"': '"', "\\": "\\", "/": "/"}
 
 
@@ -95,9 +97,15 @@ def secrets() -> tuple[str, ...]:
 
 def _unescape(text: str) -> str:
     def one(match: re.Match[str]) -> str:
-        if match.group(1) is not None:
-            return chr(int(match.group(1), 16))
-        return _SIMPLE[match.group(2)]
+        high, low, unit, simple = match.groups()
+        if high is not None:
+            # A surrogate pair (an emoji escaped by an ASCII-only encoder) is one character.
+            return chr(0x10000 + ((int(high, 16) - 0xD800) << 10) + (int(low, 16) - 0xDC00))
+        if unit is not None:
+            code = int(unit, 16)
+            # A lone surrogate could not be encoded back to UTF-8: it stands for nothing readable.
+            return "\ufffd" if 0xD800 <= code <= 0xDFFF else chr(code)
+        return _SIMPLE[simple]
 
     return _JSON_ESCAPE.sub(one, text)
 
@@ -114,13 +122,13 @@ def redact(text: str, *, excerpt: bool = False) -> str:
         return text
     if "\\" in text:
         unescaped = _unescape(text)
-        if any(secret in unescaped for secret in held):
+        if _shows_any(unescaped, held, excerpt=excerpt):
             text = unescaped
     elif "%" in text:
         from urllib.parse import unquote
 
         unquoted = unquote(text)
-        if any(secret in unquoted for secret in held):
+        if _shows_any(unquoted, held, excerpt=excerpt):
             text = unquoted
     for secret in held:
         if secret in text:
@@ -128,6 +136,16 @@ def redact(text: str, *, excerpt: bool = False) -> str:
     if excerpt:
         text = _redact_pieces(text, held)
     return text
+
+
+def _shows_any(text: str, held: tuple[str, ...], *, excerpt: bool) -> bool:
+    """Whether `text` shows a held secret; in an excerpt, a cut one counts too (its head or its tail)."""
+    if any(secret in text for secret in held):
+        return True
+    return excerpt and any(
+        len(secret) > MIN_PARTIAL and (secret[:MIN_PARTIAL] in text or secret[-MIN_PARTIAL:] in text)
+        for secret in held
+    )
 
 
 def _redact_pieces(text: str, held: tuple[str, ...]) -> str:

@@ -7,9 +7,10 @@ no idempotency key: sending it twice can pay twice.
 - `rejected`: the provider turned it away before accepting it (429, 408, and a 503 that says when to
   come back with Retry-After: an overloaded server shedding load, not a failure mid-work). Safe,
   after Retry-After.
-- `unknown`: it may have been received (the connection died after sending, a read timed out, a 5xx,
-  or a success answer that cannot be decoded: the server got the request, and may have made a task
-  before its answer was garbled). Safe to repeat for idempotent calls; a submit must be looked up first.
+- `unknown`: it may have been received (the connection died after sending, a read timed out, a 5xx
+  or any `ServerError`, which a gateway whose relay failed may send with a 4xx, or a success answer
+  that cannot be decoded: the server got the request, and may have made a task before its answer was
+  garbled). Safe to repeat for idempotent calls; a submit must be looked up first.
 - `fatal`: the provider refused it for good (400, 401, 403, 404, ...). Never retried.
 
 No I/O here: the sleeping and the lookups live in the client layer, and all of this is tested
@@ -35,6 +36,7 @@ from ._exceptions import (
     MJError,
     RateLimitError,
     ResponseDecodeError,
+    ServerError,
 )
 
 __all__ = [
@@ -66,7 +68,9 @@ def phase_of(error: BaseException) -> Phase:
             return "rejected"
         if error.status == 503 and error.retry_after is not None:
             return "rejected"
-        if error.status >= 500:
+        # A ServerError whatever its status: a gateway that failed to relay the request says so with a
+        # 4xx (new-api's 400 `do_request_failed`), and the upstream may have got it all the same.
+        if error.status >= 500 or isinstance(error, ServerError):
             return "unknown"
     return "fatal"
 
@@ -80,6 +84,8 @@ def made_no_task(error: BaseException) -> bool:
     """
     if isinstance(error, InvalidRequestError):
         return True
+    if isinstance(error, ServerError):
+        return False  # a failure after it was received, even when a gateway reports it with a 4xx
     if isinstance(error, APIStatusError) and 400 <= error.status < 500:
         return True
     return phase_of(error) == "not_sent"

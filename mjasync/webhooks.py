@@ -585,17 +585,23 @@ async def _answer_unread(
     before the sender reads it; so a little (`_DRAIN_BYTES`, `_DRAIN_SECONDS`) is read and dropped
     first, enough for a well-behaved sender to see the answer and stop (not `drain`: a sender too
     slow to finish its body gets nothing more).
+
+    A sender already gone (it hung up, or reset the connection, before its answer) is nobody's error:
+    the answer is dropped quietly, since raising here would make aiohttp log a 500 for each one.
     """
     response.force_close()
-    await response.prepare(request)
-    await response.write_eof()
-    with anyio.move_on_after(_DRAIN_SECONDS):
-        drained = 0 if drain else _DRAIN_BYTES
-        while drained < _DRAIN_BYTES:
-            chunk = await request.content.readany()
-            if not chunk:
-                break
-            drained += len(chunk)
+    try:
+        await response.prepare(request)
+        await response.write_eof()
+        with anyio.move_on_after(_DRAIN_SECONDS):
+            drained = 0 if drain else _DRAIN_BYTES
+            while drained < _DRAIN_BYTES:
+                chunk = await request.content.readany()
+                if not chunk:
+                    break
+                drained += len(chunk)
+    except ConnectionError:
+        pass  # aiohttp's own answer to a closed connection (it finishes the response) is silent too
     request.protocol.force_close()
     return response
 

@@ -24,6 +24,7 @@ TOP_LEVEL = {
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
+    "BannedPromptError",
     "Client",
     "GatewayTimeoutError",
     "ImagineResult",

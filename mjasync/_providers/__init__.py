@@ -7,7 +7,7 @@ never in an `if provider == ...` elsewhere. Each provider is one module-level ob
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Final, Literal, Protocol, TypeVar
 
@@ -21,7 +21,7 @@ from ._callback import CallbackTarget
 from ._wire import CallRequest, PageRequest, WireRequest
 from .acedata import ACEDATA, AceDataProvider
 from .goapi import GOAPI, GoapiProvider
-from .proxy import PROXY, ProxyProvider
+from .proxy import MAX_IMAGE_BYTES, PROXY, PROXY_BEARER, ProxyProvider
 
 __all__ = [
     "CALLBACK_SECRET_HEADERS",
@@ -30,6 +30,7 @@ __all__ = [
     "CallRequest",
     "CallbackTarget",
     "GoapiProvider",
+    "MAX_IMAGE_BYTES",
     "PageRequest",
     "Provider",
     "ProxyProvider",
@@ -71,10 +72,30 @@ class Provider(Protocol):
     #: The `--ar` a blend of this shape carries in its prompt (None: the shape goes as a field only).
     def blend_aspect_ratio(self, dimension: BlendDimension) -> str | None: ...
     def follow_up_id(self, result: ImagineUpdate) -> str | None: ...
+    #: The images a submit of `request` sends as bytes, in order (none: `()`); the client fetches
+    #: each once, at most `MAX_IMAGE_BYTES`, before the first send, and passes them as `images=`.
+    def image_urls(self, request: AnyRequest) -> tuple[str, ...]: ...
+    #: `nonce`: the job's own random token, made once per job and the same in each of its sends; a
+    #: provider that can, sends it along (the proxy, in `state`) so `same_request` can tell the job's
+    #: task from an identical sibling's. Others ignore it.
     def job_request(
-        self, request: JobRequest, *, via: WaitVia, callback: CallbackTarget | None = None
+        self,
+        request: JobRequest,
+        *,
+        via: WaitVia,
+        callback: CallbackTarget | None = None,
+        images: Sequence[bytes] | None = None,
+        nonce: str | None = None,
     ) -> WireRequest: ...
-    def call_request(self, request: AnyRequest) -> CallRequest: ...
+    def call_request(
+        self, request: AnyRequest, *, images: Sequence[bytes] | None = None, nonce: str | None = None
+    ) -> CallRequest: ...
+    #: The second submit a job sends, once, for the task its first submit made (the proxy's MODAL
+    #: step); None when the request needs none. Its answer is a receipt naming the same task.
+    def follow_up_step(self, request: AnyRequest, task_id: str) -> WireRequest | None: ...
+    #: Whether the task still waits for its `follow_up_step`: how a step whose answer was lost is
+    #: settled (no longer waiting: it went through).
+    def awaits_follow_up_step(self, record: TaskRecord[Any]) -> bool: ...
     def task_request(self, task_id: str | None = None, *, trace_id: str | None = None) -> WireRequest: ...
     def task_batch_request(
         self, task_ids: list[str] | None = None, *, trace_ids: list[str] | None = None
@@ -82,7 +103,11 @@ class Provider(Protocol):
     def recent_tasks_request(
         self, request: AnyRequest, *, since: float, offset: int = 0
     ) -> PageRequest | None: ...
-    def same_request(self, record: TaskRecord[Any], request: AnyRequest) -> bool: ...
+    #: Whether a listed task was made by a submit of `request`: with the `nonce` the submit was
+    #: built with, by that very job; with none (a job rebuilt after a crash), by any job of `request`.
+    def same_request(
+        self, record: TaskRecord[Any], request: AnyRequest, *, nonce: str | None = None
+    ) -> bool: ...
     def decode_result(self, kind: type[R], body: bytes, *, request: str | None = None) -> R: ...
     def decode_update(self, kind: type[R], line: bytes, line_number: int) -> R: ...
     def decode_updates(self, kind: type[R], run: bytes | memoryview) -> list[R] | None: ...
@@ -100,10 +125,12 @@ class Provider(Protocol):
 
 
 #: The name `Client(provider=...)` takes; a test keeps it equal to the keys of `PROVIDERS`.
-ProviderName = Literal["acedata", "goapi", "midjourney-proxy"]
+ProviderName = Literal["acedata", "goapi", "midjourney-proxy", "midjourney-proxy-bearer"]
 
 #: Every provider by name: the client's `provider=` and the CLI's `--provider` choices.
-PROVIDERS: Final[Mapping[str, Provider]] = MappingProxyType({p.name: p for p in (ACEDATA, GOAPI, PROXY)})
+PROVIDERS: Final[Mapping[str, Provider]] = MappingProxyType(
+    {p.name: p for p in (ACEDATA, GOAPI, PROXY, PROXY_BEARER)}
+)
 
 #: Every header some provider carries our callback secret back in (lower case).
 CALLBACK_SECRET_HEADERS: Final = tuple(

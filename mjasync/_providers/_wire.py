@@ -16,11 +16,13 @@ _NO_HEADERS: Final[Mapping[str, str]] = MappingProxyType({})
 
 @dataclass(frozen=True, slots=True)
 class WireRequest:
-    """One POST: the path under the base URL, the JSON body, and headers beyond the client's own."""
+    """One request: the path under the base URL, the JSON body, headers beyond the client's own, and
+    the method: POST, or GET for a provider's read that takes one (then the body is not sent)."""
 
     path: str
     body: bytes
     headers: Mapping[str, str] = field(default_factory=lambda: _NO_HEADERS)
+    method: str = "POST"
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +36,6 @@ class CallRequest(WireRequest):
 
 @dataclass(frozen=True, slots=True)
 class PageRequest(WireRequest):
-    """One page of a listing of tasks; the next page starts `page_size` further on."""
+    """One page of a listing of tasks, newest first; the next page starts `page_size` further on."""
 
     page_size: int = 1

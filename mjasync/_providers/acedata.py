@@ -7,7 +7,7 @@ guides disagree (mask as base64, width as int), the guides win because their exa
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Final, TypeVar
 
@@ -57,6 +57,7 @@ from .._redact import redact_cause
 from .._retry import parse_retry_after
 from .._types import BlendDimension, WaitVia
 from ._callback import CallbackTarget
+from ._one_submit import OneSubmitJobs
 from ._wire import CallRequest, PageRequest, WireRequest
 
 __all__ = ["ACEDATA", "AceDataProvider"]
@@ -174,7 +175,7 @@ def _record_decoder(kind: type[R]) -> msgspec.json.Decoder[TaskRecord[R]]:
 _UNDECODABLE = (msgspec.DecodeError, RecursionError)
 
 
-class AceDataProvider:
+class AceDataProvider(OneSubmitJobs):
     """AceData Cloud: Bearer token, JSON POSTs under `/midjourney/`, ndjson progress, a tasks endpoint."""
 
     name: Final = "acedata"
@@ -209,9 +210,18 @@ class AceDataProvider:
         return result.image_id
 
     def job_request(
-        self, request: JobRequest, *, via: WaitVia, callback: CallbackTarget | None = None
+        self,
+        request: JobRequest,
+        *,
+        via: WaitVia,
+        callback: CallbackTarget | None = None,
+        images: Sequence[bytes] | None = None,
+        nonce: str | None = None,
     ) -> WireRequest:
         """The request that submits a long-running job the way `via` will wait for it."""
+        # None to send: `image_urls` names none; and the body itself is what a lookup matches, so the
+        # job's nonce goes nowhere (AceData keeps no field of ours to carry it).
+        del images, nonce
         path = _JOB_PATHS[type(request)]
         changes: dict[str, Any] = {}
         if isinstance(request, ImagineRequest) and (
@@ -231,8 +241,11 @@ class AceDataProvider:
             request = msgspec.structs.replace(request, **changes)
         return WireRequest(path, _encoder.encode(request), _ACCEPT_JSON)
 
-    def call_request(self, request: AnyRequest) -> CallRequest:
+    def call_request(
+        self, request: AnyRequest, *, images: Sequence[bytes] | None = None, nonce: str | None = None
+    ) -> CallRequest:
         """A short synchronous call (never a task)."""
+        del images, nonce
         path, kind = _CALL_PATHS[type(request)]
         return CallRequest(path, _encoder.encode(request), result_type=kind)
 
@@ -272,8 +285,10 @@ class AceDataProvider:
         )
         return PageRequest(TASKS_PATH, _encoder.encode(query), page_size=_RECENT_PAGE)
 
-    def same_request(self, record: TaskRecord[Any], request: AnyRequest) -> bool:
-        """Whether the task was made by a submit of `request` (the record keeps the body it was sent)."""
+    def same_request(self, record: TaskRecord[Any], request: AnyRequest, *, nonce: str | None = None) -> bool:
+        """Whether the task was made by a submit of `request` (the record keeps the body it was sent;
+        no nonce was sent, so `nonce` changes nothing)."""
+        del nonce
         stored = record.request
         if not stored:
             return False

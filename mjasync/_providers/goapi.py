@@ -19,7 +19,7 @@ Pure: no sockets, no event loop. Facts: seed 003 and goapi-api.md (§2 task obje
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Final, TypeVar
 
@@ -29,6 +29,7 @@ from .._exceptions import (
     APIStatusError,
     AuthenticationError,
     BadRequestError,
+    BannedPromptError,
     InvalidRequestError,
     JobFailedError,
     NotFoundError,
@@ -55,6 +56,7 @@ from .._redact import redact_cause
 from .._retry import parse_retry_after
 from .._types import BlendDimension, WaitVia
 from ._callback import CallbackTarget
+from ._one_submit import OneSubmitJobs
 from ._wire import CallRequest, PageRequest, WireRequest
 
 __all__ = ["GOAPI", "GoapiProvider"]
@@ -168,7 +170,7 @@ _any_decoder = msgspec.json.Decoder()
 _UNDECODABLE = (msgspec.DecodeError, msgspec.ValidationError, RecursionError)
 
 
-class GoapiProvider:
+class GoapiProvider(OneSubmitJobs):
     """GoAPI Midjourney v2: `X-API-KEY`, JSON POSTs under `/mj/v2/`, tasks read by `fetch`/`multi_fetch`."""
 
     name: Final = "goapi"
@@ -220,10 +222,18 @@ class GoapiProvider:
         return result.task_id
 
     def job_request(
-        self, request: JobRequest, *, via: WaitVia, callback: CallbackTarget | None = None
+        self,
+        request: JobRequest,
+        *,
+        via: WaitVia,
+        callback: CallbackTarget | None = None,
+        images: Sequence[bytes] | None = None,
+        nonce: str | None = None,
     ) -> WireRequest:
         """A submit; every GoAPI job answers with a task id at once."""
-        del via  # one way only: a task, then fetch or webhooks
+        # One way only: a task, then fetch or webhooks; no bytes (`image_urls`); no nonce, as a lost
+        # submit is never looked up (no listing).
+        del via, images, nonce
         self.check(request)
         assert isinstance(request, ImagineRequest)
         endpoint, body = _job_body(request)
@@ -236,8 +246,11 @@ class GoapiProvider:
             body["webhook_endpoint"] = request.callback_url
         return WireRequest(f"{PREFIX}/{endpoint}", _encoder.encode(body), _ACCEPT_JSON)
 
-    def call_request(self, request: AnyRequest) -> CallRequest:
+    def call_request(
+        self, request: AnyRequest, *, images: Sequence[bytes] | None = None, nonce: str | None = None
+    ) -> CallRequest:
         """Describe or seed, which GoAPI runs as tasks."""
+        del images, nonce
         self.check(request)
         if isinstance(request, DescribeRequest):
             body = _encoder.encode({"image_url": request.image_url})
@@ -269,9 +282,9 @@ class GoapiProvider:
         del request, since, offset
         return None
 
-    def same_request(self, record: TaskRecord[Any], request: AnyRequest) -> bool:
+    def same_request(self, record: TaskRecord[Any], request: AnyRequest, *, nonce: str | None = None) -> bool:
         """Never asked (no listing); kept for the protocol."""
-        del record, request
+        del record, request, nonce
         return False
 
     # -- responses --------------------------------------------------------------------------------
@@ -395,11 +408,20 @@ class GoapiProvider:
         )
 
     def job_failed(self, result: Result, *, request: str | None = None) -> JobFailedError:
-        """The error for a task that ended `failed`."""
+        """The error for a task that ended `failed` (a banned prompt: `BannedPromptError`, which GoAPI
+        reports only once the task has failed)."""
         message = result.error if isinstance(result.error, str) else None
+        if message and message.startswith("Banned Prompt"):
+            return BannedPromptError(
+                message,
+                status=403,
+                code="banned_prompt",
+                task_id=result.task_id,
+                body=_encoder.encode(result.raw) if result.raw is not None else None,
+                request=request,
+            )
         return JobFailedError(
             message or "the provider reports the job as failed",
-            code="banned_prompt" if message and message.startswith("Banned Prompt") else None,
             task_id=result.task_id,
             body=_encoder.encode(result.raw) if result.raw is not None else None,
             request=request,

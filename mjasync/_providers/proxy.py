@@ -18,10 +18,12 @@ translation, as for GoAPI:
   naming the banned word (403), 4 and the rest a `BadRequestError` (400), a parent task that is gone
   a `NotFoundError` (404). All of those made no task; 9's internal failure may have, so it is a
   `ServerError` (500: the task's fate is unknown, and it is looked up);
-- every submit carries `state`, a marker derived from its request (`job_marker`), which the proxy
-  echoes in every Task object: a submit whose answer was lost is found by it in the task listing
-  (`recent_tasks_request`, `same_request`). No `trace_id` is ever set, because an error's trace id
-  plus an empty lookup would read as "proven absent" and allow a resubmit;
+- every submit carries `state`, a marker unique to its job (`job_marker`: a digest of the request and
+  the job's nonce), which the proxy echoes in every Task object: a submit whose answer was lost is
+  found by it in the task listing (`recent_tasks_request`, `same_request`). The job that sent it
+  matches the whole marker, so an identical sibling's task is never taken for its own; a job rebuilt
+  after a crash, which never had the nonce, matches the digest part. No `trace_id` is ever set,
+  because an error's trace id plus an empty lookup would read as "proven absent" and allow a resubmit;
 - follow-ups go through `submit/action` with the `customId` of the parent's button
   (`MJ::JOB::upsample::2::<job hash>`), or through `submit/change` on variants without buttons (NZ).
   The id a follow-up names its parent by (`follow_up_id`) is `<task id>:<job hash>[:<upscaler tag>]`
@@ -32,21 +34,20 @@ translation, as for GoAPI:
   `notifyHook` callbacks carry the same object (§7; unsigned, so `callback_secret_header` is None and
   the route's unguessable address is the secret).
 
-Ready here, waiting for the client floor (issue 16; each piece is pure and tested):
+What the client floor does with the hooks here:
 
 - image bytes: `image_urls(request)` says what to fetch (an imagine's image prompts, a blend's images,
-  a describe's image); `job_request(..., images=)` / `call_request(..., images=)` send the fetched bytes
-  as `data:` URLs (`base64Array`, `base64`), at most `MAX_IMAGE_BYTES` each and
-  `MAX_INLINE_BYTES` in all. Without bytes, an imagine's URLs stay in its prompt (Midjourney reads
-  them there on every variant), a blend's go in `base64Array` as URLs (TA takes them, NZ refuses with
-  code 4), a describe's as `link` (TA);
-- the MODAL two-step (§8): `modal_step=True` lets `check` pass vary region, custom zoom and prompted
-  (Remix) follow-ups; after the first submit's task reads `MODAL` (`needs_modal`), the engine sends
-  `modal_request(request, task_id)` for the same task. Without it, a task that waits for the step
-  ends as a failure that says so, rather than waiting out the deadline;
-- the listing is `GET /mj/task/list` (`ListingRequest.method`): the engine POSTs every request today,
-  which the proxies refuse (405/404), so a lost submit ends as `AmbiguousSubmitError`, never as a
-  second submit.
+  a describe's image); the job fetches them once before its first send, and `job_request(...,
+  images=)` / `call_request(..., images=)` send them as `data:` URLs (`base64Array`, `base64`), at most
+  `MAX_IMAGE_BYTES` each and `MAX_INLINE_BYTES` in all;
+- the MODAL two-step (§8): vary region, custom zoom and prompted (Remix) follow-ups pass `check`
+  (`modal_step=True`); once the first submit gave the task id, the job sends `follow_up_step(request,
+  task_id)` (`submit/modal`) for the same task, exactly once. `ProxyProvider(modal_step=False)` refuses
+  them instead, and reads a task that waits for the step as failed rather than waiting out the deadline;
+- a lost submit is looked up in `GET /mj/task/list` (NZ: every task; TA: the newest 100; NA: none,
+  404): found by its marker, the job follows its task. Not found, or a listing that does not reach back
+  to the send, it raises `AmbiguousSubmitError` (a listing cannot prove that a request still in flight
+  behind a gateway made nothing), unless `on_ambiguous_submit="resubmit"`.
 
 Pure: no sockets, no event loop.
 """
@@ -68,6 +69,7 @@ from .._exceptions import (
     APIStatusError,
     AuthenticationError,
     BadRequestError,
+    BannedPromptError,
     InvalidRequestError,
     JobFailedError,
     ModerationError,
@@ -125,10 +127,13 @@ _ACCEPT_JSON: Final = MappingProxyType({"accept": "application/json"})
 MAX_IMAGE_BYTES: Final = 10 * 1024 * 1024
 #: All of one submit's inline images at most: base64 of this stays under TA's default 30 MB body limit.
 MAX_INLINE_BYTES: Final = 20 * 1024 * 1024
-#: The listing is one read (NZ: every stored task; TA: the newest 100), never paged: the engine stops
-#: after a page shorter than this.
-_LISTING_PAGE: Final = 1_000_000
+#: The listing is one read, never paged: NZ lists every stored task, TA the newest 100. So a listing of
+#: 100 tasks all made after the send may be TA's cut (the engine cannot tell), and any other length,
+#: or 100 reaching back past the send, is complete.
+_LISTING_PAGE: Final = 100
 _MARKER_PREFIX: Final = "mjasync-"
+#: Between a marker's digest and its job's nonce (the digest is hex, so it never holds one).
+_NONCE_SEPARATOR: Final = "-"
 #: Request fields that say how to deliver the answer, not what the job is: a marker ignores them.
 _DELIVERY_FIELDS: Final = ("async", "timeout", "callback_url")
 
@@ -220,6 +225,8 @@ _STATUS_CLASSES: Final[Mapping[int, type[APIStatusError]]] = MappingProxyType(
 )
 #: Descriptions of a full queue (NZ 23 `队列已满，请稍后尝试`, TA 9 `提交失败，队列已满，请稍后重试`).
 _QUEUE_FULL: Final = re.compile(r"队列已满|queue\s*(is\s*)?full", re.IGNORECASE)
+#: NA's error code for a relay that got no answer from the proxy (§9).
+_RELAY_FAILED: Final = "do_request_failed"
 #: Code 3 for a missing parent task (`关联任务不存在或已失效`); the other code 3 is "no account free".
 _PARENT_GONE: Final = re.compile(r"关联任务|task", re.IGNORECASE)
 #: A failure reason that says the prompt was banned (TA `可能包含敏感词`, MJ's `Banned prompt detected`).
@@ -258,9 +265,7 @@ _UNDECODABLE = (msgspec.DecodeError, msgspec.ValidationError, RecursionError)
 @dataclass(frozen=True, slots=True)
 class ListingRequest(PageRequest):
     """The task listing, `GET /mj/task/list`: every stored task (NZ) or the newest 100 (TA), newest
-    first; NA has none (404). `method` says GET, for an engine that honours it (today's POSTs it)."""
-
-    method: str = "GET"
+    first; NA has none (404). One read, with no further pages."""
 
 
 class _FollowUp(NamedTuple):
@@ -284,8 +289,6 @@ class ProxyProvider:
     long_waits: Final = False
     #: Unsigned callbacks (§7): the route's unguessable address is what keeps them ours.
     callback_secret_header: Final = None
-    #: Named after NZ's own setting, `mj.api-secret`.
-    api_key_env: Final[tuple[str, ...]] = ("MJ_API_SECRET",)
 
     def __init__(
         self, *, name: str = "midjourney-proxy", bearer: bool = False, modal_step: bool = False
@@ -293,6 +296,9 @@ class ProxyProvider:
         self.name: Final = name
         self.bearer: Final = bearer
         self.modal_step: Final = modal_step
+        #: `MJ_API_SECRET` is named after NZ's own setting, `mj.api-secret`. A gateway that wants a
+        #: bearer token (new-api) issues its own keys, not the proxy's secret, so that one reads none.
+        self.api_key_env: Final[tuple[str, ...]] = () if bearer else ("MJ_API_SECRET",)
 
     def __repr__(self) -> str:
         return f"ProxyProvider(name={self.name!r}, bearer={self.bearer}, modal_step={self.modal_step})"
@@ -361,6 +367,13 @@ class ProxyProvider:
                 raise InvalidRequestError(
                     "a prompted follow-up acts through the parent's buttons, not submit/change"
                 )
+            # Remix opens a prompt only for these (§8); any other button would run without the prompt,
+            # and the step sent after it be refused.
+            remixed = action == "reroll" or action.startswith(("variation", "pan_"))
+            if action not in _ALWAYS_MODAL and not remixed:
+                raise UnsupportedFeatureError(
+                    self.name, f"a prompt with {action} (Remix takes one with variations, reroll and pan)"
+                )
         if action == "zoom_custom":
             found = _ZOOM.search(request.prompt or "")
             if found is None or not 1.0 <= float(found.group(1)) <= 2.0:
@@ -402,9 +415,10 @@ class ProxyProvider:
         via: WaitVia,
         callback: CallbackTarget | None = None,
         images: Sequence[bytes] | None = None,
+        nonce: str | None = None,
     ) -> WireRequest:
         """A submit (every proxy job answers with a task id at once); `images`: the bytes of
-        `image_urls(request)`, sent inline instead of the URLs."""
+        `image_urls(request)`, sent inline instead of the URLs; `nonce`: the job's, in its marker."""
         del via  # one way only: a task, then lookups or callbacks
         self.check(request)
         if not isinstance(request, ImagineRequest):  # pragma: no cover - `check` refused the others
@@ -413,7 +427,7 @@ class ProxyProvider:
         hook = callback.url if callback is not None else request.callback_url
         if hook is not None:
             body["notifyHook"] = hook
-        body["state"] = job_marker(request)
+        body["state"] = job_marker(request, nonce)
         return WireRequest(_submit_path(request.mode, endpoint), _encoder.encode(body), _ACCEPT_JSON)
 
     def _job_body(
@@ -460,13 +474,28 @@ class ProxyProvider:
             body["maskBase64"] = request.mask
         return WireRequest(_submit_path(request.mode, "modal"), _encoder.encode(body), _ACCEPT_JSON)
 
-    def call_request(self, request: AnyRequest, *, images: Sequence[bytes] | None = None) -> CallRequest:
-        """Describe or shorten, which the proxy runs as tasks; `images`: the describe's image bytes."""
+    def follow_up_step(self, request: AnyRequest, task_id: str) -> WireRequest | None:
+        """The MODAL step (`modal_request`) for a follow-up that needs one: vary region and custom zoom
+        always, a prompted (Remix) one too; None for everything else, or without `modal_step`.
+
+        Decided by the request, not by the first submit's code: NA turns most 21 answers into 1.
+        """
+        if not self.modal_step or not isinstance(request, ImagineRequest) or request.action == "generate":
+            return None
+        if request.action in _ALWAYS_MODAL or request.prompt is not None:
+            return self.modal_request(request, task_id)
+        return None
+
+    def call_request(
+        self, request: AnyRequest, *, images: Sequence[bytes] | None = None, nonce: str | None = None
+    ) -> CallRequest:
+        """Describe or shorten, which the proxy runs as tasks; `images`: the describe's image bytes;
+        `nonce`: the call's, in its marker."""
         self.check(request)
         if isinstance(request, DescribeRequest):
             inline = _inline(self.image_urls(request), images)
             body: dict[str, Any] = {"base64": inline[0]} if inline else {"link": request.image_url}
-            body["state"] = job_marker(request)
+            body["state"] = job_marker(request, nonce)
             return CallRequest(
                 f"{SUBMIT}/describe",
                 _encoder.encode(body),
@@ -475,7 +504,7 @@ class ProxyProvider:
                 as_task=True,
             )
         if isinstance(request, ShortenRequest):
-            body = {"prompt": request.prompt, "state": job_marker(request)}
+            body = {"prompt": request.prompt, "state": job_marker(request, nonce)}
             return CallRequest(
                 f"{SUBMIT}/shorten",
                 _encoder.encode(body),
@@ -502,20 +531,32 @@ class ProxyProvider:
     def recent_tasks_request(
         self, request: AnyRequest, *, since: float, offset: int = 0
     ) -> PageRequest | None:
-        """The task listing, where a lost submit's task shows its `state` marker; one read, not paged.
+        """The task listing, where a lost submit's task shows its `state` marker; one read, not paged
+        (None for `offset` past it).
 
         TA lists only the newest 100 tasks of all its users, so a task older than those is not in it:
-        the listing's oldest `created_at` says how far back it reached.
+        the listing's oldest `created_at` says how far back it reached. A listing without the marker
+        proves nothing (a gateway's upstream may still be making the task): found, the job follows
+        its task; not found, it is ambiguous.
         """
-        del since, offset  # the listing takes no filter and has no pages
-        if not isinstance(request, (ImagineRequest, DescribeRequest, ShortenRequest)):
-            return None  # nothing else makes a task
-        return ListingRequest(LIST_PATH, b"", _ACCEPT_JSON, page_size=_LISTING_PAGE)
+        del since  # the listing takes no filter
+        if offset > 0 or not isinstance(request, (ImagineRequest, DescribeRequest, ShortenRequest)):
+            return None  # no further pages; nothing else makes a task
+        return ListingRequest(LIST_PATH, b"", _ACCEPT_JSON, method="GET", page_size=_LISTING_PAGE)
 
-    def same_request(self, record: TaskRecord[Any], request: AnyRequest) -> bool:
-        """Whether the task carries the marker a submit of `request` sends in `state`."""
+    def same_request(self, record: TaskRecord[Any], request: AnyRequest, *, nonce: str | None = None) -> bool:
+        """Whether the task carries the marker a submit of `request` sends in `state`: exactly the one
+        with `nonce` (the job that sent it looks for its own task, never an identical sibling's), or,
+        with no nonce, any of `request`'s (a job rebuilt after a crash knows only its request)."""
         stored = record.request
-        return stored is not None and stored.get("state") == job_marker(request)
+        state = stored.get("state") if stored is not None else None
+        if not isinstance(state, str):
+            return False
+        if nonce is not None:
+            return state == job_marker(request, nonce)
+        digest = job_marker(request)
+        # The bare digest too: what a submit built without a nonce carries.
+        return state == digest or state.startswith(digest + _NONCE_SEPARATOR)
 
     # -- responses --------------------------------------------------------------------------------
 
@@ -627,6 +668,10 @@ class ProxyProvider:
         most 21 answers into 1, so the status, not the submit's code, is what tells."""
         return (record.state or "").upper() == "MODAL"
 
+    def awaits_follow_up_step(self, record: TaskRecord[Any]) -> bool:
+        """Whether the task still waits for its `follow_up_step` (`needs_modal`)."""
+        return self.needs_modal(record)
+
     def allowed_actions(self, result: ImagineUpdate) -> frozenset[str]:
         """Actions a follow-up may use: the result's buttons (or, without buttons, what
         `submit/change` can do), in neutral names."""
@@ -640,8 +685,9 @@ class ProxyProvider:
         """The typed error for an error status: a submit reply (TA's 404 code 3), NA's
         `{description, type, code}` or OpenAI-style `error`, plain text (TA's 401), or nothing (NZ's 401).
 
-        NA's 400 `do_request_failed` (it got no answer from the proxy within 60 s, and the proxy may
-        have made the task) is a `ServerError` by class; it keeps its status, 400.
+        NA's `do_request_failed` (it got no answer from the proxy within 60 s, and the proxy may have
+        made the task), whatever its status (400, or 500) and shape, is a `ServerError`: its fate is
+        unknown, so a submit is looked up. It keeps its status.
         """
         data = _load_or_none(body)
         message, code = _error_fields(data)
@@ -650,8 +696,9 @@ class ProxyProvider:
         if message is None:
             message = _describe_status(status, headers, body)
         cls = _STATUS_CLASSES.get(status) or (ServerError if status >= 500 else APIStatusError)
-        if isinstance(data, dict) and data.get("type") == "upstream_error" and "do_request_failed" in message:
+        if _relay_failed(data):
             cls = ServerError
+            message = f"the gateway got no answer from the proxy ({message}); the proxy may hold the task"
         return cls(
             message,
             status=status,
@@ -662,8 +709,8 @@ class ProxyProvider:
         )
 
     def job_failed(self, result: Result, *, request: str | None = None) -> JobFailedError:
-        """The error for a task that ended `FAILURE` (its `failReason`), `CANCEL`, or that waits for the
-        MODAL step this client cannot send."""
+        """The error for a task that ended `FAILURE` (its `failReason`; a banned prompt is a
+        `BannedPromptError`), `CANCEL`, or that waits for the MODAL step this client cannot send."""
         message = result.error if isinstance(result.error, str) else None
         raw = result.raw or {}
         status = raw.get("status") if isinstance(raw.get("status"), str) else ""
@@ -673,7 +720,15 @@ class ProxyProvider:
         elif status == "CANCEL":
             code = "cancelled"
         elif message and _BANNED.search(message):
-            code = "banned_prompt"
+            # TA checks banned words after the submit (§4): the same refusal as NZ's code 24, found late.
+            return BannedPromptError(
+                message,
+                status=403,
+                code="banned_prompt",
+                task_id=result.task_id,
+                body=_encode_or_none(result.raw),
+                request=request,
+            )
         return JobFailedError(
             message or "the proxy reports the task as failed",
             code=code,
@@ -707,13 +762,16 @@ class ProxyProvider:
         )
 
 
-def job_marker(request: AnyRequest) -> str:
-    """The `state` a submit of `request` carries, which the proxy echoes in its task: a digest of what
-    the request asks for (not of how its answer is delivered).
+def job_marker(request: AnyRequest, nonce: str | None = None) -> str:
+    """The `state` a submit of `request` carries, which the proxy echoes in its task:
+    `mjasync-<digest>-<nonce>`, a digest of what the request asks for (not of how its answer is
+    delivered) and the job's `nonce` (random, made once per job and sent by each of its retries).
 
-    The same request always gives the same marker, so a lost submit can be looked up after a crash
-    too; two identical requests share it, as they share a body with AceData (the engine never adopts
-    a task it holds already, and refuses to choose between several).
+    The nonce tells apart jobs with the same request (a pipeline asking for one prompt four times):
+    the job that sent a lost submit finds its own task by the whole marker, never a sibling's still
+    in flight. The digest is the same for the same request always, so a job rebuilt after a crash,
+    which never had the nonce, still finds the task by it (`same_request` with no nonce; the engine
+    refuses to choose between several). With no `nonce`, the digest part alone.
     """
     fields = msgspec.to_builtins(request)
     for name in _DELIVERY_FIELDS:
@@ -721,7 +779,8 @@ def job_marker(request: AnyRequest) -> str:
     digest = hashlib.blake2b(
         type(request).__name__.encode() + b"\x00" + _sorted_encoder.encode(fields), digest_size=12
     )
-    return _MARKER_PREFIX + digest.hexdigest()
+    marker = _MARKER_PREFIX + digest.hexdigest()
+    return marker if nonce is None else marker + _NONCE_SEPARATOR + nonce
 
 
 def data_url(data: bytes) -> str:
@@ -957,6 +1016,20 @@ def _refusal(code: int, reply: dict[str, Any], body: bytes, request: str | None)
     return BadRequestError(f"the proxy refused the submit ({said})", status=400, **common)
 
 
+def _relay_failed(data: object) -> bool:
+    """Whether an error body is NA's `do_request_failed`: its relay got no answer from the proxy
+    (unreachable, or silent past 60 s), which may have made the task all the same. In NA's own shape
+    (`{"description": "do_request_failed ", "type": "upstream_error", "code": 5}`) or OpenAI's
+    (`{"code": "do_request_failed"}`, `{"error": {"code": "do_request_failed"}}`)."""
+    if not isinstance(data, dict):
+        return False
+    fields = [data.get("code"), data.get("description"), data.get("message")]
+    error = data.get("error")
+    if isinstance(error, dict):
+        fields += [error.get("code"), error.get("message")]
+    return any(isinstance(value, str) and _RELAY_FAILED in value for value in fields)
+
+
 def _load(body: bytes | memoryview, what: str, request: str | None = None) -> Any:
     try:
         return _any_decoder.decode(body)
@@ -1030,6 +1103,6 @@ def _reason(exc: BaseException) -> str:
 
 
 #: The midjourney-proxy provider every client shares (the key in `mj-api-secret`).
-PROXY: Final = ProxyProvider()
+PROXY: Final = ProxyProvider(modal_step=True)
 #: The same protocol with the key as `Authorization: Bearer <key>`, for gateways that want that.
-PROXY_BEARER: Final = ProxyProvider(name="midjourney-proxy-bearer", bearer=True)
+PROXY_BEARER: Final = ProxyProvider(name="midjourney-proxy-bearer", bearer=True, modal_step=True)

@@ -119,16 +119,22 @@ class Transport:
         headers: Mapping[str, str] | None = None,
         read_timeout: float | None = None,
         total_timeout: float | NotGiven | None = NOT_GIVEN,
+        method: str = "POST",
     ) -> WireResponse:
-        """POST JSON and read the whole answer; a non-2xx status raises the provider's typed error.
+        """POST JSON (or send `method`: a GET carries no body) and read the whole answer; a non-2xx
+        status raises the provider's typed error.
 
         `total_timeout` defaults to the client's overall limit; None means no overall limit.
         """
         total = self.timeouts.total if isinstance(total_timeout, NotGiven) else total_timeout
         response = await self.open(
-            path, body, headers=headers, timeout=self.client_timeout(read=read_timeout, total=total)
+            path,
+            body,
+            headers=headers,
+            timeout=self.client_timeout(read=read_timeout, total=total),
+            method=method,
         )
-        request = f"POST {path}"
+        request = f"{method} {path}"
         try:
             if framed_within(response, self.max_response_bytes):
                 # The usual answer, read in one go: one coroutine fewer per request than `read_bounded`.
@@ -148,17 +154,29 @@ class Transport:
         *,
         headers: Mapping[str, str] | None = None,
         timeout: aiohttp.ClientTimeout,
+        method: str = "POST",
     ) -> aiohttp.ClientResponse:
-        """POST and return the response once its status is good; the caller must release it."""
-        request = f"POST {path}"
-        merged = {**self._json_headers, **headers} if headers else self._json_headers
+        """POST `body` as JSON (or send `method`: only a POST carries a body) and return the response
+        once its status is good; the caller must release it."""
+        request = f"{method} {path}"
+        if method == "POST":
+            base, data = self._json_headers, body
+        else:
+            # No body is sent, so there is no content type to declare.
+            base, data = self._headers, None
+        merged = {**base, **headers} if headers else base
         session = self.pool.session()
         # Timed only for the debug log: one check per request rather than a clock and a log call or two.
         debug = log.isEnabledFor(logging.DEBUG)
         started = time.perf_counter() if debug else 0.0
         try:
-            response = await session.post(
-                self.base_url + path, data=body, headers=merged, timeout=timeout, allow_redirects=False
+            response = await session.request(
+                method,
+                self.base_url + path,
+                data=data,
+                headers=merged,
+                timeout=timeout,
+                allow_redirects=False,
             )
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             if debug:
@@ -182,8 +200,12 @@ class Transport:
         session = self.pool.session()
         started = time.perf_counter()
         try:
+            # The overall limit too: a host that drips a byte at a time never trips the idle-read one.
             response = await session.get(
-                url, timeout=self.client_timeout(), allow_redirects=True, max_redirects=5
+                url,
+                timeout=self.client_timeout(total=self.timeouts.total),
+                allow_redirects=True,
+                max_redirects=5,
             )
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             raise_connection_error(exc, request, sent=None)

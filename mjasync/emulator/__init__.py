@@ -60,7 +60,7 @@ __all__ = [
     "RecordedRequest",
 ]
 
-#: The token an emulator accepts unless told otherwise.
+#: The token an emulator accepts unless told otherwise (`Emulator(tokens=...)`, `mjasync emulator --token`).
 DEFAULT_TOKEN = "test-token"
 #: Prompts containing one of these words get the provider's 403 moderation error.
 DEFAULT_BANNED_WORDS = ("gore",)
@@ -73,7 +73,8 @@ class Emulator:
         host: Interface to bind; keep the default loopback address.
         port: Port to bind; 0 picks a free one (read it back from `port` or `url`).
         speed: Seconds a job takes end to end (queued first, then progress); 0 finishes at once.
-        tokens: Bearer tokens accepted; an empty tuple accepts any token.
+        tokens: Tokens accepted (default: `DEFAULT_TOKEN`, "test-token"); an empty tuple accepts any
+            token.
         banned_words: Words that make a prompt fail moderation (403).
         clock: Returns unix seconds; inject one (e.g. `ManualClock`) to step jobs by hand.
         max_body_size: Larger request bodies are refused with 413.
@@ -85,6 +86,8 @@ class Emulator:
             midjourney-proxy: tasks running at once per token; later ones wait (code 22).
         proxy_queue_size: midjourney-proxy tasks that may wait per token under the concurrency limit;
             past them a submit is refused with code 23.
+        proxy_list_limit: midjourney-proxy's ``GET /mj/task/list`` shows only the newest this many
+            tasks of all tokens (trueai lists its newest 100); None lists every task (NZ).
     """
 
     def __init__(
@@ -103,6 +106,7 @@ class Emulator:
         faults: FaultPlan | None = None,
         concurrency_limit: int | None = None,
         proxy_queue_size: int = 10,
+        proxy_list_limit: int | None = None,
     ) -> None:
         if speed < 0:
             raise ValueError("speed must be >= 0")
@@ -110,6 +114,8 @@ class Emulator:
             raise ValueError("queue_fraction must be in [0, 1)")
         if proxy_queue_size < 0:
             raise ValueError("proxy_queue_size must be >= 0")
+        if proxy_list_limit is not None and proxy_list_limit < 1:
+            raise ValueError("proxy_list_limit must be >= 1 (or None for every task)")
         self.host = host
         self._requested_port = port
         self._port: int | None = None
@@ -125,6 +131,7 @@ class Emulator:
         self._store = Store(settings, clock)
         self._faults = FaultInjector(self._store, faults, concurrency_limit)
         self._proxy_queue_size = proxy_queue_size
+        self._proxy_list_limit = proxy_list_limit
         self._stack: contextlib.AsyncExitStack | None = None
 
     # --- what tests look at ---
@@ -248,7 +255,9 @@ class Emulator:
                     [
                         _acedata.provider(),
                         _goapi.provider(),
-                        _proxy.provider(self._faults, queue_size=self._proxy_queue_size),
+                        _proxy.provider(
+                            self._faults, queue_size=self._proxy_queue_size, list_limit=self._proxy_list_limit
+                        ),
                     ],
                     middlewares=[self._faults.middleware],
                     extra_routes=[*self._faults.routes(), store.finishes_route()],

@@ -40,7 +40,8 @@ Choices where the variants differ (§12) or the reference is silent:
 - Reads: ``GET /mj/task/{id}/fetch`` (unknown id: HTTP 200 with an empty body, as NZ's Spring does),
   ``POST /mj/task/list-by-condition`` (and trueai's alias ``list-by-ids``) ``{"ids": [...]}`` (unknown
   ids omitted, newest first, not the request's order), ``GET /mj/task/list`` (every task, newest first,
-  as NZ: how a client finds a task by its ``state`` after a lost submit reply) and ``GET
+  as NZ: how a client finds a task by its ``state`` after a lost submit reply; with
+  ``Emulator(proxy_list_limit=N)`` only the newest N of all keys, as trueai's 100) and ``GET
   /mj/task/queue`` (queued and running tasks, oldest first).
 - notifyHook: the Task object is POSTed at SUBMITTED, at each progress step and at the end, in order,
   never retried (an error answer is only recorded); `Emulator.drop_callbacks` loses some.
@@ -103,13 +104,14 @@ _DIMENSIONS = {"PORTRAIT": (2 / 3, " --ar 2:3"), "SQUARE": (1.0, ""), "LANDSCAPE
 _MAX_STATE = 255
 
 
-def provider(injector: FaultInjector, *, queue_size: int = 10) -> ProviderSpec:
+def provider(injector: FaultInjector, *, queue_size: int = 10, list_limit: int | None = None) -> ProviderSpec:
     """midjourney-proxy: ``mj-api-secret`` (or Authorization), JSON under ``/mj/``, submit-reply errors.
 
     *injector* supplies the per-key concurrency limit (which may change while running) and records
-    queue-full refusals; *queue_size* tasks may wait per key before a submit is refused with 23.
+    queue-full refusals; *queue_size* tasks may wait per key before a submit is refused with 23;
+    *list_limit*: ``GET /mj/task/list`` shows only the newest that many tasks (trueai's 100), else all.
     """
-    api = ProxyAPI(injector, queue_size)
+    api = ProxyAPI(injector, queue_size, list_limit=list_limit)
     return ProviderSpec(
         name="midjourney-proxy",
         prefix=PREFIXES,
@@ -291,11 +293,15 @@ def _short_url(data: bytes) -> str:
 class ProxyAPI:
     """The handlers, with the per-key slot tables that queueing needs."""
 
-    def __init__(self, injector: FaultInjector, queue_size: int) -> None:
+    def __init__(self, injector: FaultInjector, queue_size: int, *, list_limit: int | None = None) -> None:
         if queue_size < 0:
             raise ValueError("proxy_queue_size must be >= 0")
+        if list_limit is not None and list_limit < 1:
+            raise ValueError("proxy_list_limit must be >= 1 (or None for every task)")
         self.injector = injector
         self.queue_size = queue_size
+        #: How many of the newest tasks ``GET /mj/task/list`` shows (None: all of them, as NZ).
+        self.list_limit = list_limit
         #: Per key: tasks holding or waiting for a slot (pruned as they end).
         self._active: dict[str, list[ProxyTask]] = {}
 
@@ -713,9 +719,13 @@ class ProxyAPI:
         return self._listing(store, found.values())
 
     async def list_all(self, request: web.Request) -> web.Response:
-        """GET /mj/task/list: every task, newest first (NZ)."""
+        """GET /mj/task/list: every task, newest first (NZ); with a list limit, only the newest that
+        many, of all keys (trueai's newest 100 of all its users)."""
         store = request.app[STORE_KEY]
-        return self._listing(store, _proxy_tasks(store))
+        tasks = _proxy_tasks(store)
+        if self.list_limit is not None:
+            tasks = sorted(tasks, key=_order, reverse=True)[: self.list_limit]
+        return self._listing(store, tasks)
 
     async def queue(self, request: web.Request) -> web.Response:
         """GET /mj/task/queue: the tasks queued or running now, oldest first (NZ)."""

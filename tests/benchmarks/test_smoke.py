@@ -9,6 +9,7 @@ BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
 import bench_decoder  # noqa: E402
+import bench_polling  # noqa: E402
 
 
 def test_decoder_benchmark_decodes_every_line_three_ways() -> None:
@@ -23,3 +24,14 @@ def test_decoder_benchmark_decodes_every_line_three_ways() -> None:
         "json.loads per line",
     ]
     assert all(f.megabytes_per_second > 0 and f.lines_per_second > 0 for f in figures)
+
+
+def test_polling_benchmark_runs_mjasync_on_the_proxy() -> None:
+    """Benchmark 5's mjasync contender with `--provider midjourney-proxy`: every job ends, its waiting
+    jobs share batched `list-by-condition` lookups, and the emulator counts them as polls."""
+    jobs = 20
+    result = bench_polling.measure(bench_polling.MJASYNC, jobs=jobs, speed=1.0, provider="midjourney-proxy")
+    assert result["done"] == jobs and result["failed"] == 0, result
+    assert result["fetches"] > 0 and result["polls"] >= result["fetches"], result
+    assert result["mean_batch"] > 1, "waiting jobs did not share their lookups"
+    assert result["delay_jobs"] == jobs, "the emulator recorded every proxy task's end"

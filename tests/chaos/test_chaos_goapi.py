@@ -253,6 +253,7 @@ def check_outcomes(run: Run) -> Counter[str]:
             assert prompt not in lost_prompts
             if banned:
                 assert isinstance(outcome.error, mjasync.JobFailedError), f"{prompt!r}: {outcome.error!r}"
+                assert isinstance(outcome.error, mjasync.BannedPromptError), repr(outcome.error)
                 assert not isinstance(outcome.error, mjasync.AmbiguousSubmitError)
                 assert outcome.error.code == "banned_prompt", repr(outcome.error)
                 assert outcome.task_id and outcome.error.task_id == outcome.task_id
@@ -288,7 +289,7 @@ def check_run(run: Run, *, lookup_faults: int = 20) -> Counter[str]:
     banned = sum(prompt.startswith("gore") for prompt in answered)
     assert ended == {
         "result": len(answered) - banned,
-        "JobFailedError": banned,
+        "BannedPromptError": banned,  # a JobFailedError and a ModerationError both
         "AmbiguousSubmitError": JOBS - len(answered),
     }, ended
     assert ended["result"] >= 0.6 * JOBS, ended

@@ -55,3 +55,21 @@ def test_webhook_bot_on_acedata(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     for expected in EXPECTED["webhook_bot.py"]:
         assert expected in done.stdout
+
+
+def test_webhook_bot_on_midjourney_proxy(tmp_path: Path) -> None:
+    """The bot example runs on midjourney-proxy's notifyHook too: one callback per step of a job, so the
+    user whose callbacks are all lost is the only one who polls."""
+    script = next(p for p in EXAMPLES if p.name == "webhook_bot.py")
+    done = subprocess.run(
+        [sys.executable, "-W", "error", str(script), "--provider", "midjourney-proxy"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "midjourney-proxy emulator on http://127.0.0.1:" in done.stdout
+    assert "answered 50/50 users with 0 polls" in done.stdout
+    assert "dropped: answered 50/50 users with 1 polls" in done.stdout
+    assert "0 routes left open" in done.stdout

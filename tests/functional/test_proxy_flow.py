@@ -1,8 +1,9 @@
 """The client on the midjourney-proxy protocol, end to end against the emulator's `/mj` side.
 
-What works on it today: imagine, follow-ups through the result's buttons, progress by polling or by
-notifyHook callbacks, a banned word, a full queue (code 23) retried like a 429, and what the proxy
-lacks refused before anything is sent.
+Imagine, follow-ups through the result's buttons, progress by polling or by notifyHook callbacks, a
+banned word, a full queue (code 23) retried like a 429, `mode=` prefixes, and what the proxy lacks
+refused before anything is sent. Image prompts, the MODAL step, lost submits, webhooks, the batch CLI
+and `run_many` have their own `test_proxy_*` files.
 """
 
 from __future__ import annotations
@@ -87,3 +88,17 @@ async def test_what_the_proxy_lacks_is_refused_before_sending() -> None:
         with pytest.raises(mjasync.UnsupportedFeatureError):
             mj.videos("https://example.invalid/a.png")
         assert emulator.requests == []
+
+
+@pytest.mark.parametrize(
+    ("mode", "prefix"),
+    [("fast", "/mj-fast/mj"), ("relax", "/mj-relax/mj"), ("turbo", "/mj-turbo/mj"), (None, "/mj")],
+)
+async def test_mode_picks_the_gateways_prefix(mode: str | None, prefix: str) -> None:
+    """`mode=` sends the submit under TA's `/mj-fast|relax|turbo/mj/...`; follow-ups take their own mode."""
+    async with Emulator(speed=0.05) as emulator, proxy_client(emulator) as mj:
+        grid = await mj.imagine("a tin robot", mode=mode)  # type: ignore[arg-type]
+        upscaled = await mj.upscale(grid, 1)
+        assert upscaled.image_url
+        submits = [r.path for r in emulator.requests if "/submit/" in r.path]
+        assert submits == [f"{prefix}/submit/imagine", "/mj/submit/action"]

@@ -1,16 +1,17 @@
-"""A hostile stand-in for both providers, written from their documents and not from `mjasync.emulator`.
+"""A hostile stand-in for the providers, written from their documents and not from `mjasync.emulator`.
 
 It speaks AceData Cloud (`/midjourney/*`: imagine, edits and videos in their synchronous, `async`
-and ndjson modes, tasks `retrieve` and `retrieve_batch`, describe, translate, shorten, seed) and
-GoAPI v2 (`/mj/v2/*` submits, `fetch`, `multi_fetch`, webhooks with `x-webhook-secret`), and misbehaves
+and ndjson modes, tasks `retrieve` and `retrieve_batch`, describe, translate, shorten, seed),
+GoAPI v2 (`/mj/v2/*` submits, `fetch`, `multi_fetch`, webhooks with `x-webhook-secret`) and, in
+`proxy.py`, the midjourney-proxy protocol (`/mj/submit/*`, `/mj/task/*`, notifyHook), and misbehaves
 on a script: each request takes the next `Move` of its kind, an honest one once the script runs out.
 Every answer echoes the API key and the webhook secret where it can: in `x-request-id`, in bodies,
 error codes, messages, trace ids and stream lines, JSON-escaped or split across two writes.
 
 Every task it creates is recorded with the body that created it, so tests can check that the client
 reports each one and never pays twice. The facts below (paths, fields, statuses) come from
-`acedata-api.md`, `acedata-midjourney-openapi.json`, `goapi-api.md` and the seed guides; nothing here
-reads them at run time.
+`acedata-api.md`, `acedata-midjourney-openapi.json`, `goapi-api.md`, the seed guides and (for the
+proxy) `midjourney-proxy-api.md`; nothing here reads them at run time.
 """
 
 from __future__ import annotations
@@ -157,6 +158,47 @@ CallbackMove = Literal[
     "failed",  # this task has failed, said with the secrets in it
 ]
 ShortMove = Literal["honest", "garbage", "throttle-429", "fail-5xx", "reset", "drip", "refuse-400"]
+#: midjourney-proxy only: how an "ok" submit is answered (its reply `code`, and whether a task is made).
+CodeMove = Literal[
+    "1",  # accepted
+    "22",  # accepted, queued
+    "21-modal",  # a task made in MODAL status (it waits for /submit/modal)
+    "21-existing",  # "already exists": an id this server never issued, no task made
+    "23",  # queue full: refused, no task
+    "9-queue",  # trueai's queue full: refused, no task
+    "24",  # banned prompt: refused, no task
+    "4",  # validation error: refused, no task
+    "3-404",  # parent missing, with HTTP 404: refused, no task
+    "wrong-types",  # task made; the envelope's fields of the wrong JSON types
+    "result-number",  # task made; `result` a JSON number
+    "result-list",  # task made; `result` a list holding the id
+]
+#: midjourney-proxy only: how a lookup that shows tasks shows them (one move per lookup request).
+ViewMove = Literal[
+    "honest",
+    "backwards",  # an earlier status than the task's (NOT_START; SUBMITTED while it is IN_PROGRESS)
+    "failure-100",  # FAILURE with progress "100%", an imageUrl and buttons: the task has failed
+    "modal",  # MODAL, whatever the task's real state
+    "omit",  # list-by-condition leaves the (first, third, ...) ids out; fetch answers an empty 200
+    "foreign",  # tasks this server never issued come along
+    "twin",  # each task twice, the second time FAILURE; the listing shows a stranger with its marker
+    "wrong-types",
+    "deep",  # `properties` nested 5,000 deep
+    "no-image",  # SUCCESS without an imageUrl or buttons
+    "empty-status",  # status "" (new-api before its first poll)
+    "odd-progress",  # progress text that is no percentage
+    "cancel",  # CANCEL: the task has ended
+]
+#: midjourney-proxy only: notifyHook callbacks POSTed before the honest ones (unsigned, as the proxy's).
+HookMove = Literal[
+    "garbage",
+    "other-task",  # a FAILURE of an id this server never issued
+    "huge",
+    "failed",  # this task has failed
+    "failure-100",  # this task has failed, progress "100%"
+    "duplicate",  # the same IN_PROGRESS callback twice
+    "stale",  # IN_PROGRESS 90%, then SUBMITTED 0%
+]
 EchoForm = Literal["plain", "escaped", "split"]
 GarbageKind = Literal["bytes", "deep", "wrong-types", "huge-number", "nan", "invalid-utf8", "truncated"]
 
@@ -212,6 +254,13 @@ class Script:
     good_lines: int = 1
     #: Honest lookups a task stays running for before it finishes.
     steps: int = 1
+    #: midjourney-proxy only: reply codes for "ok" submits, lookup views, notifyHook moves.
+    codes: list[CodeMove] = field(default_factory=list)
+    views: list[ViewMove] = field(default_factory=list)
+    hooks: list[HookMove] = field(default_factory=list)
+    #: Error bodies (and the proxy's reply envelopes) carry an emoji outside the BMP, which `json.dumps`
+    #: writes as a surrogate-pair escape ("\ud83d\udd04"), as ASCII-only JSON encoders do.
+    astral: bool = False
 
     def take(self, queue: list[Any], default: Any) -> Any:
         return queue.pop(0) if queue else default
@@ -232,6 +281,10 @@ class Task:
     lookups: int = 0
     state: Literal["running", "finished", "failed"] = "running"
     image_id: str = ""
+    #: midjourney-proxy: waiting for /submit/modal; the proxy's `action`; the `state` the submit carried.
+    modal: bool = False
+    action: str = ""
+    marker: Any = None
 
 
 def job_key(path: str, body: dict[str, Any]) -> str:
@@ -260,7 +313,7 @@ def _escape(text: str, form: EchoForm) -> str:
 class HostileServer:
     """The server; use `serve()` to run it on 127.0.0.1."""
 
-    def __init__(self, provider: Literal["acedata", "goapi"], script: Script) -> None:
+    def __init__(self, provider: Literal["acedata", "goapi", "midjourney-proxy"], script: Script) -> None:
         self.provider = provider
         self.script = script
         self.tasks: dict[str, Task] = {}
@@ -311,9 +364,15 @@ class HostileServer:
         return value
 
     def _headers(self, request: web.Request) -> dict[str, str]:
-        echoed = request.headers.get("Authorization") or request.headers.get("X-API-KEY") or API_KEY
+        echoed = (
+            request.headers.get("Authorization")
+            or request.headers.get("X-API-KEY")
+            or request.headers.get("mj-api-secret")
+            or API_KEY
+        )
         return {
             "x-request-id": API_KEY,
+            "mj-api-secret": echoed,
             "x-trace-id": f"{WEBHOOK_SECRET}/{echoed}",
             "x-echo-credential": echoed,
         }
@@ -444,12 +503,14 @@ class HostileServer:
 
     def _error_body(self, status: int) -> dict[str, Any]:
         message = f"error {status} for Bearer {API_KEY} (secret {WEBHOOK_SECRET})"
+        astral = {"hint": "retry 🔄"} if self.script.astral else {}
         if self.provider == "goapi":
-            return {"code": status, "status": "failed", "message": message, "error": API_KEY}
+            return {"code": status, "status": "failed", "message": message, "error": API_KEY, **astral}
         return {
             "success": False,
             "error": {"code": API_KEY, "message": message},
             "trace_id": _escape(API_KEY, self.script.echo),
+            **astral,
         }
 
     # -- writing answers ---------------------------------------------------------------------------
@@ -556,6 +617,10 @@ class HostileServer:
                 return await self._goapi_submit(request, path, body)
             if self.provider == "goapi" and path in ("/mj/v2/fetch", "/mj/v2/multi_fetch"):
                 return await self._goapi_fetch(request, path, body)
+            if self.provider == "midjourney-proxy":
+                answer = await self._proxy_route(request, path, body)
+                if answer is not None:
+                    return answer
         except (ConnectionResetError, aiohttp.ClientConnectionResetError):
             return web.Response(status=499)
         except (
@@ -567,6 +632,12 @@ class HostileServer:
             request, 404, {"error": {"code": "no_api", "message": f"no {path} for {API_KEY}"}}
         )
 
+    async def _proxy_route(
+        self, request: web.Request, path: str, body: dict[str, Any]
+    ) -> web.StreamResponse | None:
+        """The midjourney-proxy routes (`proxy.ProxyHostileServer`); None: not one of them."""
+        raise NotImplementedError
+
     async def _submit_prelude(
         self,
         request: web.Request,
@@ -574,16 +645,24 @@ class HostileServer:
         body: dict[str, Any],
         task_type: str,
         receipt: Callable[[Task], Any],
+        *,
+        move: SubmitMove | None = None,
+        make: Callable[[bool], Task] | None = None,
     ) -> tuple[Task | None, web.StreamResponse | None]:
-        """Play the next submit move; return the task (if any) and the answer (if the move made one)."""
-        move: SubmitMove = self.script.take(self.script.submits, "ok")
+        """Play the next submit move (or `move`); return the task (if any) and the answer (if the move
+        made one). `make(ghost)` makes the task, by default a new one for `body`."""
+        if move is None:
+            move = self.script.take(self.script.submits, "ok")
         if move in ("refuse-400", "refuse-401", "refuse-403"):
             return None, await self._error(request, int(move[-3:]))
         if move == "throttle-429":
             return None, await self._error(request, 429)
         if move == "fail-5xx-before":
             return None, await self._error(request, 503)
-        task = self._create(path, body, task_type, ghost=move == "ghost")
+        if make is None:
+            task = self._create(path, body, task_type, ghost=move == "ghost")
+        else:
+            task = make(move == "ghost")
         if task.task_type in ("describe", "seed") and self.provider == "acedata":
             task.state = "finished"
         if move == "fail-5xx-after":
@@ -844,10 +923,15 @@ class HostileServer:
 
 @asynccontextmanager
 async def serve(
-    provider: Literal["acedata", "goapi"], script: Script | None = None
+    provider: Literal["acedata", "goapi", "midjourney-proxy"], script: Script | None = None
 ) -> AsyncIterator[HostileServer]:
-    """Run a `HostileServer` on 127.0.0.1 for the duration of the block."""
-    server = HostileServer(provider, script or Script())
+    """Run a `HostileServer` on 127.0.0.1 for the duration of the block (the proxy's: `proxy.py`)."""
+    if provider == "midjourney-proxy":
+        from .proxy import ProxyHostileServer  # here: proxy.py builds on this module
+
+        server: HostileServer = ProxyHostileServer(provider, script or Script())
+    else:
+        server = HostileServer(provider, script or Script())
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app.router.add_route("*", "/{tail:.*}", server.handle)
     runner = web.AppRunner(

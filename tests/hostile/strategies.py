@@ -1,4 +1,8 @@
-"""Hypothesis strategies for the hostile server's scripts, and the small client limits every test uses."""
+"""Hypothesis strategies for the hostile server's scripts, and the small client limits every test uses.
+
+`scripts` drives the AceData and GoAPI sides; `proxy_scripts` adds the midjourney-proxy side's reply
+codes, lookup views and notifyHook moves (kept apart so the other providers' examples stay as they were).
+"""
 
 from __future__ import annotations
 
@@ -11,18 +15,21 @@ import mjasync
 
 from .server import (
     API_KEY,
+    CodeMove,
     EchoForm,
     Garbage,
     GarbageKind,
+    HookMove,
     HostileServer,
     LookupMove,
     Script,
     ShortMove,
     SubmitMove,
+    ViewMove,
     WaitMove,
 )
 
-__all__ = ["HANG_SECONDS", "SETTINGS", "hostile_client", "scripts"]
+__all__ = ["HANG_SECONDS", "SETTINGS", "hostile_client", "proxy_scripts", "scripts", "scripts_for"]
 
 #: A hang detector, far above every limit the client is given (its waits end within ~1 s).
 HANG_SECONDS = 8.0
@@ -75,7 +82,34 @@ scripts: st.SearchStrategy[Script] = st.builds(
     echo=st.sampled_from(get_args(EchoForm)),
     good_lines=st.integers(0, 3),
     steps=st.integers(0, 2),
+    # Error bodies with a JSON-escaped emoji (a surrogate pair) beside the echoed key.
+    astral=st.booleans(),
 )
+
+
+def _runs(kind: Any, forever: tuple[str, ...], mixed: int = 4) -> st.SearchStrategy[list[Any]]:
+    """A mixed few moves of `kind`, or one of `forever` on every request (code 23 forever, say)."""
+    return _moves(kind, mixed) | st.sampled_from(forever).map(lambda move: [move] * 40)
+
+
+def _with_proxy_moves(script: Script, codes: list[Any], views: list[Any], hooks: list[Any]) -> Script:
+    script.codes, script.views, script.hooks = codes, views, hooks
+    # `shorts` misbehave on the images the proxy's client fetches too (a drip ends at `Timeouts.total`).
+    return script
+
+
+#: `scripts` and the proxy's own moves: 23, 9 or MODAL forever; a view that never ends or never shows.
+proxy_scripts: st.SearchStrategy[Script] = st.builds(
+    _with_proxy_moves,
+    scripts,
+    _runs(CodeMove, ("23", "9-queue", "21-modal", "wrong-types", "21-existing")),
+    _runs(ViewMove, ("modal", "omit", "backwards", "odd-progress", "empty-status", "wrong-types")),
+    _moves(HookMove, 4),
+)
+
+
+def scripts_for(provider: str) -> st.SearchStrategy[Script]:
+    return proxy_scripts if provider == "midjourney-proxy" else scripts
 
 
 def hostile_client(

@@ -2,7 +2,9 @@
 
 Whatever the server did before the kill, and wherever the kill fell, the resumed runs against the same
 server end with: one task per job (per grid, per upscale), at most one results line per key and one for
-every key that finished, and no secret in stdout, stderr, results.jsonl or the journal.
+every key that finished, and no secret in stdout, stderr, results.jsonl or the journal. On the
+midjourney-proxy the first run also meets its reply codes (22, 23, 9, a number or wrong types for
+`result`) and lookup views (omitted ids, strangers, twins, FAILURE "100%", status going backwards).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import anyio
 import pytest
@@ -65,6 +67,36 @@ cli_scripts = st.builds(
     ).map(tuple),
     echo=st.sampled_from(["plain", "escaped", "split"]),
     steps=st.integers(0, 2),
+)
+
+
+def _with_proxy_moves(script: Script, codes: list[Any], views: list[Any]) -> Script:
+    script.codes, script.views = codes, views
+    return script
+
+
+#: The proxy's moves that end under the CLI's default limits (no MODAL or code 23 forever: those wait
+#: out deadlines of minutes, and are tested with small limits elsewhere).
+proxy_cli_scripts = st.builds(
+    _with_proxy_moves,
+    cli_scripts,
+    st.lists(st.sampled_from(["1", "22", "23", "9-queue", "result-number", "wrong-types", "24"]), max_size=4),
+    st.lists(
+        st.sampled_from(
+            [
+                "honest",
+                "backwards",
+                "failure-100",
+                "omit",
+                "foreign",
+                "twin",
+                "wrong-types",
+                "cancel",
+                "odd-progress",
+            ]
+        ),
+        max_size=4,
+    ),
 )
 
 
@@ -143,7 +175,11 @@ def assert_one_line_per_key(out: Path) -> dict[str, dict[str, object]]:
 
 
 async def check_batch(
-    provider: Literal["acedata", "goapi"], script: Script, kill_at: int, upscale: bool, tmp: Path
+    provider: Literal["acedata", "goapi", "midjourney-proxy"],
+    script: Script,
+    kill_at: int,
+    upscale: bool,
+    tmp: Path,
 ) -> None:
     prompts = tmp / "prompts.txt"
     prompts.write_text("".join(f"{prompt}\n" for prompt in PROMPTS))
@@ -184,3 +220,11 @@ async def test_batch_survives_kill_9_and_resumes(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     await check_batch(provider, script, kill_at, upscale, tmp_path_factory.mktemp("batch"))
+
+
+@settings(SETTINGS, max_examples=2)
+@given(script=proxy_cli_scripts, kill_at=st.integers(1, 14), upscale=st.booleans())
+async def test_proxy_batch_survives_kill_9_and_resumes(
+    script: Script, kill_at: int, upscale: bool, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    await check_batch("midjourney-proxy", script, kill_at, upscale, tmp_path_factory.mktemp("batch"))

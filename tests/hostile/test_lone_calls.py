@@ -1,20 +1,26 @@
-"""One call at a time against the hostile server, each way a user can make it, on both providers.
+"""One call at a time against the hostile server, each way a user can make it, on all three providers.
 
 Hypothesis picks the call, the server's script of misbehaviours, and a point (the n-th request the
 server sees) at which the caller cancels. Whatever it picks: only `MJError`s escape, the call ends
 within the client's small limits, no secret surfaces, every task the server made is reported, and no
-job is paid for twice.
+job is paid for twice. On the midjourney-proxy, also: a task that failed (FAILURE with progress
+"100%", CANCEL) is never reported as a success.
 """
 
 from __future__ import annotations
 
+import copy
+import io
+import uuid
+import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import anyio
 import pytest
-from hypothesis import example, given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import mjasync
@@ -28,7 +34,7 @@ from .checks import (
     job_report,
 )
 from .server import Garbage, HostileServer, Script, Task, serve
-from .strategies import HANG_SECONDS, SETTINGS, hostile_client, scripts
+from .strategies import HANG_SECONDS, SETTINGS, hostile_client, proxy_scripts, scripts
 
 # Hypothesis wraps the tests, so the suite's hook does not see coroutines: mark them for anyio here.
 pytestmark = pytest.mark.anyio
@@ -72,8 +78,17 @@ async def _submit_wait(mj: mjasync.Client, trial: Trial, tag: str) -> Any:
     return await handle.wait()
 
 
+def _proxy_parent(tag: str) -> tuple[str, str]:
+    """A proxy task id (16 digits) and job hash for `tag`: the server never issued them, and takes them."""
+    number = zlib.crc32(tag.encode())
+    return str(1720000000000000 + number), str(uuid.UUID(int=number))
+
+
 def _image(mj: mjasync.Client, tag: str) -> str:
-    """What a follow-up acts on: an image id at AceData, a task id at GoAPI."""
+    """What a follow-up acts on: an image id at AceData, a task id at GoAPI, `<task id>:<job hash>` at
+    the proxy (its `follow_up_id`)."""
+    if mj.provider == "midjourney-proxy":
+        return ":".join(_proxy_parent(tag))
     return f"origin-task-{tag}" if mj.provider == "goapi" else f"12341971970679{tag}"
 
 
@@ -95,6 +110,45 @@ CALLS: dict[str, Call] = {
     "describe": lambda mj, t, tag: mj.describe(f"https://cdn.example.invalid/{tag}.png"),
     "seed": lambda mj, t, tag: mj.seed(_image(mj, tag)),
 }
+
+
+def _mask() -> bytes:
+    from PIL import Image
+
+    image = Image.new("L", (64, 64), 0)
+    image.paste(255, (16, 16, 48, 48))
+    out = io.BytesIO()
+    image.save(out, "PNG")
+    return out.getvalue()
+
+
+def _served(mj: mjasync.Client, tag: str, name: str = "image") -> str:
+    """An image URL on the hostile server itself (the proxy's client fetches images to send them)."""
+    return f"{mj.base_url.rstrip('/')}/img/{name}-{tag}.png"
+
+
+#: The calls a midjourney-proxy client makes (seed and translate it refuses before sending; edits and
+#: videos it lacks): the common ones, and its buttons, `/submit/change`, the MODAL two-step and blend.
+PROXY_CALLS: dict[str, Call] = {
+    # Not "await-stream": on the proxy a stream is polling, as "await-poll" and "stream" already are.
+    **{name: call for name, call in CALLS.items() if name not in ("describe", "seed", "await-stream")},
+    "describe": lambda mj, t, tag: mj.describe(_served(mj, tag)),
+    "shorten": lambda mj, t, tag: mj.shorten(f"a very very long prompt about a cat on a table {tag}"),
+    "blend": lambda mj, t, tag: _keep(
+        t, mj.blend([_served(mj, tag, "left"), _served(mj, tag, "right")])
+    ).result(via="poll"),
+    "image-prompt": lambda mj, t, tag: _keep(
+        t, mj.imagine(f"hostile lone image prompt {tag}", image_urls=[_served(mj, tag, "prompt")])
+    ).result(via="poll"),
+    "upscale-change": lambda mj, t, tag: _keep(t, mj.upscale(_proxy_parent(tag)[0], 3)).result(via="poll"),
+    "zoom-out": lambda mj, t, tag: _keep(t, mj.zoom_out(_image(mj, tag), 2)).result(via="stream"),
+    "variation-region": lambda mj, t, tag: _keep(
+        t, mj.variation_region(_image(mj, tag), _mask(), f"a hostile patch {tag}")
+    ).result(via="poll"),
+    "record": lambda mj, t, tag: mj.retrieve_task("1720001234567999"),
+}
+PROXY_CALLS["unknown-task"] = lambda mj, t, tag: mj.task("1720001234567999").wait()
+
 ACEDATA_ONLY: dict[str, Call] = {
     "await-sync": lambda mj, t, tag: _await_via("sync", mj, t, tag),
     "edits": lambda mj, t, tag: _keep(
@@ -164,8 +218,24 @@ def assert_reported(tasks: list[Task], trial: Trial) -> None:
         )
 
 
+def assert_failed_is_no_success(server: HostileServer, trial: Trial) -> None:
+    """A task the server ended as failed (FAILURE "100%", CANCEL) is never the call's success."""
+    for task in server.created:
+        if task.state == "failed" and getattr(trial.result, "task_id", None) == task.task_id:
+            pytest.fail(f"task {task.task_id} failed at the server, and the call returned {trial.result!r}")
+
+
+def calls_for(provider: str) -> dict[str, Call]:
+    if provider == "midjourney-proxy":
+        return PROXY_CALLS
+    return {**CALLS, **ACEDATA_ONLY} if provider == "acedata" else CALLS
+
+
 async def check_call(provider: str, call_name: str, script: Script, cancel_after: int | None) -> None:
-    calls = {**CALLS, **ACEDATA_ONLY}
+    calls = calls_for(provider)
+    # A copy: the server pops moves off the script's lists, and an `@example` script is shared by every
+    # parametrized call (without it, only the first call would meet its hostility).
+    script = copy.deepcopy(script)
     with capture_logs() as logs:
         async with serve(provider, script) as server:  # type: ignore[arg-type]
             try:
@@ -182,6 +252,7 @@ async def check_call(provider: str, call_name: str, script: Script, cancel_after
     logs.assert_no_secret()
     assert_one_task_per_job(server)
     assert_reported(server.created, trial)
+    assert_failed_is_no_success(server, trial)
 
 
 cancel_points = st.none() | st.integers(1, 6)
@@ -195,8 +266,18 @@ HOSTILE_EXAMPLES = (
 )
 
 
-def with_hostile_examples(test: Callable[..., Any]) -> Callable[..., Any]:
-    for script in HOSTILE_EXAMPLES:
+#: The proxy's: the same two submits, then lookups "running" for ever behind an image host that drips
+#: (each image is fetched within `Timeouts.total`).
+PROXY_EXAMPLES = (
+    *HOSTILE_EXAMPLES[:2],
+    Script(lookups=["running"] * 40, shorts=["drip"]),
+)
+
+
+def with_hostile_examples(
+    test: Callable[..., Any], examples: tuple[Script, ...] = HOSTILE_EXAMPLES
+) -> Callable[..., Any]:
+    for script in examples:
         test = example(script=script, cancel_after=None)(test)
     return test
 
@@ -219,3 +300,13 @@ async def test_goapi_call_keeps_the_promises(
     call_name: str, script: Script, cancel_after: int | None
 ) -> None:
     await check_call("goapi", call_name, script, cancel_after)
+
+
+@pytest.mark.parametrize("call_name", sorted(PROXY_CALLS))
+@settings(SETTINGS, max_examples=4)
+@partial(with_hostile_examples, examples=PROXY_EXAMPLES)
+@given(script=proxy_scripts, cancel_after=cancel_points)
+async def test_proxy_call_keeps_the_promises(
+    call_name: str, script: Script, cancel_after: int | None
+) -> None:
+    await check_call("midjourney-proxy", call_name, script, cancel_after)

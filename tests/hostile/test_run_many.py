@@ -3,7 +3,8 @@
 A task the server created shows up in its job's outcome (result, error or `task_id`), in
 `outcomes.unfinished` (accepted, not finished when the run stopped), or, for a submit whose id the
 client never learned, in `outcomes.unconfirmed`. The caller may leave the block (cancel) at any
-request the server sees.
+request the server sees. On the midjourney-proxy (its jobs share `list-by-condition` lookups, which
+may omit ids, show strangers or twins), a task the server failed is never an outcome's success.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from .checks import (
     unconfirmed_of,
 )
 from .server import HostileServer, Script, serve
-from .strategies import HANG_SECONDS, SETTINGS, hostile_client, scripts
+from .strategies import HANG_SECONDS, SETTINGS, hostile_client, proxy_scripts, scripts
 
 pytestmark = pytest.mark.anyio
 
@@ -59,8 +60,15 @@ def assert_every_task_reported(
         )
 
 
+def assert_no_failed_success(server: HostileServer, seen: dict[int, mjasync.types.Outcome[Any]]) -> None:
+    failed = {task.task_id for task in server.created if task.state == "failed"}
+    for outcome in seen.values():
+        task_id = getattr(outcome.result, "task_id", None)
+        assert not (outcome.ok and task_id in failed), f"task {task_id} failed at the server: {outcome!r}"
+
+
 async def check_run_many(
-    provider: Literal["acedata", "goapi"],
+    provider: Literal["acedata", "goapi", "midjourney-proxy"],
     script: Script,
     jobs: int,
     via: Literal["poll", "stream"],
@@ -102,6 +110,8 @@ async def check_run_many(
             assert_no_secret_in_error(failure)
     logs.assert_no_secret()
     assert_one_task_per_job(server, resubmit_allowed=resubmit)
+    if provider == "midjourney-proxy":
+        assert_no_failed_success(server, seen)
     if outcomes is not None:
         assert_every_task_reported(server, seen, outcomes)
     else:
@@ -126,3 +136,17 @@ async def test_run_many_reports_every_task_once(
     resubmit: bool,
 ) -> None:
     await check_run_many(provider, script, jobs, via, cancel_after, resubmit)
+
+
+@settings(SETTINGS, max_examples=10)
+@given(
+    script=proxy_scripts,
+    jobs=st.integers(1, 4),
+    via=st.sampled_from(["poll", "stream"]),
+    cancel_after=st.none() | st.integers(1, 8),
+    resubmit=st.booleans(),
+)
+async def test_proxy_run_many_reports_every_task_once(
+    script: Script, jobs: int, via: Literal["poll", "stream"], cancel_after: int | None, resubmit: bool
+) -> None:
+    await check_run_many("midjourney-proxy", script, jobs, via, cancel_after, resubmit)

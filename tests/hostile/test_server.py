@@ -1,17 +1,19 @@
 """The hostile server's own pure parts, and proof that, honest, it serves every call the client makes.
 
 Were it broken when honest, every hostile finding would be suspect; so an honest script must give
-every call of both providers its result.
+every call of every provider its result.
 """
 
 from __future__ import annotations
 
+import io
 import json
 from typing import get_args
 
 import pytest
 
 from .checks import PARTIAL, assert_one_task_per_job, leaked_in
+from .proxy import png, proxy_job_key
 from .server import (
     API_KEY,
     WEBHOOK_SECRET,
@@ -24,7 +26,7 @@ from .server import (
     serve,
 )
 from .strategies import hostile_client
-from .test_lone_calls import ACEDATA_ONLY, CALLS, Trial
+from .test_lone_calls import Trial, calls_for
 
 pytestmark = pytest.mark.anyio
 
@@ -66,9 +68,25 @@ def test_secret_forms_and_leaks() -> None:
     assert leaked_in(WEBHOOK_SECRET, (WEBHOOK_SECRET,))
 
 
-@pytest.mark.parametrize("provider", ["acedata", "goapi"])
+def test_a_proxy_job_is_named_by_what_it_asks_never_by_its_marker() -> None:
+    assert proxy_job_key("imagine", {"prompt": "a cat", "state": "m1"}) == proxy_job_key(
+        "imagine", {"prompt": "a cat", "state": "m2"}
+    )
+    assert proxy_job_key("action", {"taskId": "1", "customId": "MJ::JOB::upsample::1::h"}) != proxy_job_key(
+        "action", {"taskId": "1", "customId": "MJ::JOB::upsample::2::h"}
+    )
+
+
+def test_the_served_images_are_pngs_that_differ_by_path() -> None:
+    from PIL import Image  # the client's mask handling brings Pillow
+
+    assert Image.open(io.BytesIO(png("/img/a.png"))).size == (1, 1)
+    assert png("/img/a.png") != png("/img/b.png")
+
+
+@pytest.mark.parametrize("provider", ["acedata", "goapi", "midjourney-proxy"])
 async def test_an_honest_server_serves_every_call(provider: str) -> None:
-    calls = {**CALLS, **ACEDATA_ONLY} if provider == "acedata" else CALLS
+    calls = calls_for(provider)
     async with serve(provider, Script(steps=1)) as server:  # type: ignore[arg-type]
         async with hostile_client(server, patience=10.0) as mj:
             for name, call in sorted(calls.items()):

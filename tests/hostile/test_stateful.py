@@ -4,7 +4,8 @@ What a client carries from call to call (the shared 429 cooldown, the shrunken i
 task ids it holds, pooled connections a reset left behind) must not let one call's hostility break
 a later call's promises. Hypothesis's `RuleBasedStateMachine` picks the sequence; each step gets a
 fresh script and unique prompts, and is checked like a lone call or a `run_many`. The machine runs
-on an anyio blocking portal, since hypothesis drives its steps synchronously.
+on an anyio blocking portal, since hypothesis drives its steps synchronously. The same machine runs
+on each provider; the midjourney-proxy's draws its own calls and scripts (reply codes, views, hooks).
 """
 
 from __future__ import annotations
@@ -29,8 +30,17 @@ from .checks import (
     unconfirmed_of,
 )
 from .server import HostileServer, Script, serve
-from .strategies import HANG_SECONDS, SETTINGS, hostile_client, scripts
-from .test_lone_calls import ACEDATA_ONLY, CALLS, Trial, assert_reported, attempt
+from .strategies import HANG_SECONDS, SETTINGS, hostile_client, proxy_scripts, scripts
+from .test_lone_calls import (
+    ACEDATA_ONLY,
+    CALLS,
+    PROXY_CALLS,
+    Trial,
+    assert_failed_is_no_success,
+    assert_reported,
+    attempt,
+    calls_for,
+)
 
 
 class HostileSession(RuleBasedStateMachine):
@@ -69,7 +79,7 @@ class HostileSession(RuleBasedStateMachine):
         cancel_after=st.none() | st.integers(1, 6),
     )
     def lone_call(self, call_name: str, script: Script, cancel_after: int | None) -> None:
-        calls = {**CALLS, **ACEDATA_ONLY} if self.provider == "acedata" else CALLS
+        calls = calls_for(self.provider)
         if call_name not in calls:
             return
         tag = self._tag()
@@ -82,6 +92,8 @@ class HostileSession(RuleBasedStateMachine):
         if trial.error is not None:
             assert_no_secret_in_error(trial.error)
         assert_reported(self.server.created[before:], trial)
+        if self.provider == "midjourney-proxy":
+            assert_failed_is_no_success(self.server, trial)
 
     @rule(script=scripts, jobs=st.integers(1, 3), cancel_after=st.none() | st.integers(1, 8))
     def fan_out(self, script: Script, jobs: int, cancel_after: int | None) -> None:
@@ -150,8 +162,28 @@ class GoapiHostileSession(HostileSession):
     provider = "goapi"
 
 
+class ProxyHostileSession(HostileSession):
+    """The machine on the midjourney-proxy: its own calls, and scripts with its codes, views and hooks."""
+
+    provider = "midjourney-proxy"
+
+    @rule(
+        call_name=st.sampled_from(sorted(PROXY_CALLS)),
+        script=proxy_scripts,
+        cancel_after=st.none() | st.integers(1, 6),
+    )
+    def lone_call(self, call_name: str, script: Script, cancel_after: int | None) -> None:
+        super().lone_call(call_name, script, cancel_after)
+
+    @rule(script=proxy_scripts, jobs=st.integers(1, 3), cancel_after=st.none() | st.integers(1, 8))
+    def fan_out(self, script: Script, jobs: int, cancel_after: int | None) -> None:
+        super().fan_out(script, jobs, cancel_after)
+
+
 session_settings = settings(SETTINGS, max_examples=3, stateful_step_count=4)
 TestAcedataSession = HostileSession.TestCase
 TestAcedataSession.settings = session_settings
 TestGoapiSession = GoapiHostileSession.TestCase
 TestGoapiSession.settings = session_settings
+TestProxySession = ProxyHostileSession.TestCase
+TestProxySession.settings = session_settings

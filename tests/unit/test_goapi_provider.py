@@ -468,6 +468,7 @@ def test_a_failed_task_reports_its_error_and_maps_to_job_failed() -> None:
     assert PROVIDER.task_state(record) == "failed" and record.response == result
     error = PROVIDER.job_failed(result, request="POST /mj/v2/fetch")
     assert isinstance(error, mjasync.JobFailedError) and error.code == "banned_prompt"
+    assert isinstance(error, mjasync.BannedPromptError) and isinstance(error, mjasync.ModerationError)
     assert error.message == "Banned Prompt: gore" and error.task_id == task["task_id"]
     assert error.request == "POST /mj/v2/fetch" and error.body is not None
     assert json.loads(error.body) == task

@@ -16,6 +16,7 @@ from mjasync._providers import (
 )
 from mjasync._providers.acedata import ACEDATA
 from mjasync._providers.goapi import GOAPI
+from mjasync._providers.proxy import PROXY, PROXY_BEARER
 from mjasync._types import BlendDimension
 from mjasync.cli._batch import configure_parser
 
@@ -30,6 +31,8 @@ def test_each_provider_is_one_module_level_object() -> None:
     """Clients share their provider (it keys per-provider caches), never build one each."""
     assert get_provider("acedata") is get_provider("acedata") is ACEDATA
     assert get_provider("goapi") is get_provider("goapi") is GOAPI
+    assert get_provider("midjourney-proxy") is PROXY
+    assert get_provider("midjourney-proxy-bearer") is PROXY_BEARER
 
 
 def test_a_provider_reads_the_generic_key_variable_then_only_its_own() -> None:

@@ -57,7 +57,7 @@ from mjasync._models.results import (
     finalize,
 )
 from mjasync._models.task import TaskRecord
-from mjasync._providers import CallbackTarget, CallRequest, Provider, WireRequest
+from mjasync._providers import PROVIDERS, CallbackTarget, CallRequest, Provider, WireRequest
 from mjasync._providers.proxy import (
     MAX_IMAGE_BYTES,
     MAX_INLINE_BYTES,
@@ -70,8 +70,10 @@ from mjasync._providers.proxy import (
 )
 from mjasync._retry import made_no_task, phase_of
 
-#: The provider once the engine sends the MODAL step (issue 16's engine part).
+#: The provider once the engine sends the MODAL step (issue 16's engine part): the registered one.
 MODAL = ProxyProvider(modal_step=True)
+#: A proxy client that does not send the MODAL step (as the registered one did before it could).
+NO_MODAL = ProxyProvider(modal_step=False)
 H = "9f8e7d6c-aaaa-bbbb-cccc-ddddeeeeffff"
 GRID_ID = "1720001234567123"
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 24
@@ -273,9 +275,10 @@ def test_identity_and_credentials() -> None:
         assert one.credential_headers() == {"mj-api-secret", "authorization"}
         assert one.callback_secret_header is None
         assert not one.streams and not one.long_waits
-        assert one.api_key_env == ("MJ_API_SECRET",)
         assert one.default_base_url.startswith("http://")
         assert one.blend_aspect_ratio("portrait") is None
+    # A bearer gateway (new-api) issues its own keys: it never reads the proxy's secret.
+    assert PROXY.api_key_env == ("MJ_API_SECRET",) and PROXY_BEARER.api_key_env == ()
     assert "k-123" not in repr(PROXY) and hash(PROXY) != hash(PROXY_BEARER)
 
 
@@ -583,14 +586,15 @@ def test_the_batch_cli_rebuilds_the_follow_up_id_from_the_journal() -> None:
 )
 def test_follow_ups_the_id_cannot_carry_are_refused(target: str, action: str, error: type[Exception]) -> None:
     with pytest.raises(error):
-        requests.act(PROXY, target, action, prompt="a fox --zoom 1.5", mask=PNG)
+        requests.act(NO_MODAL, target, action, prompt="a fox --zoom 1.5", mask=PNG)
     with pytest.raises(error):
-        PROXY.check(ImagineRequest(action=action, image_id=target, prompt="a fox --zoom 1.5", mask=MASK))
+        NO_MODAL.check(ImagineRequest(action=action, image_id=target, prompt="a fox --zoom 1.5", mask=MASK))
 
 
 def test_a_prompt_with_a_follow_up_needs_the_modal_step() -> None:
     with pytest.raises(UnsupportedFeatureError, match="MODAL"):
-        requests.variation(PROXY, f"{GRID_ID}:{H}", 1, prompt="a red fox")
+        requests.variation(NO_MODAL, f"{GRID_ID}:{H}", 1, prompt="a red fox")
+    assert PROXY.modal_step and requests.variation(PROXY, f"{GRID_ID}:{H}", 1, prompt="a red fox")
 
 
 def test_a_mask_goes_with_variation_region_only() -> None:
@@ -647,10 +651,10 @@ def test_a_mask_url_is_refused() -> None:
 
 def test_a_modal_task_fails_clearly_until_the_engine_sends_the_step() -> None:
     """§10.7: without the step, a MODAL task is a failure that says why, not a wait to the deadline."""
-    record = PROXY.decode_task(encode(TASK_MODAL))
-    assert PROXY.needs_modal(record) and PROXY.task_state(record) == "failed"
+    record = NO_MODAL.decode_task(encode(TASK_MODAL))
+    assert NO_MODAL.needs_modal(record) and NO_MODAL.task_state(record) == "failed"
     assert isinstance(record.response, ImagineUpdate) and record.response.failed
-    error = PROXY.job_failed(record.response)
+    error = NO_MODAL.job_failed(record.response)
     assert isinstance(error, JobFailedError) and error.code == "modal" and "MODAL" in error.message
     assert error.task_id == "1720001299000456"
     waiting = MODAL.decode_task(encode(TASK_MODAL))
@@ -997,7 +1001,8 @@ def test_a_lost_submit_is_found_by_its_marker_in_the_listing() -> None:
     request = requests.imagine(PROXY, "red fox in snow --v 6.1")
     query = PROXY.recent_tasks_request(request, since=1720001234.0)
     assert isinstance(query, ListingRequest) and query.method == "GET" and query.path == "/mj/task/list"
-    assert query.page_size >= 100_000 and query.body == b""  # one read: the listing has no pages
+    assert query.page_size == 100 and query.body == b""  # one read, of TA's newest 100 (NZ lists all)
+    assert PROXY.recent_tasks_request(request, since=1720001234.0, offset=100) is None  # no next page
     ours = {**TASK_GRID, "id": "2", "state": job_marker(request)}
     someone_elses = {**TASK_GRID, "id": "3", "state": job_marker(requests.imagine(PROXY, "a cat"))}
     batch = PROXY.decode_task_batch(encode([someone_elses, ours, TASK_FAILURE, {"id": "4", "state": ""}]))
@@ -1007,6 +1012,69 @@ def test_a_lost_submit_is_found_by_its_marker_in_the_listing() -> None:
     assert PROXY.recent_tasks_request(describe, since=0.0) is not None
     assert PROXY.recent_tasks_request(ShortenRequest(prompt="x"), since=0.0) is not None
     assert PROXY.recent_tasks_request(SeedRequest(image_id="1"), since=0.0) is None
+
+
+def test_a_jobs_marker_is_its_requests_digest_and_its_own_nonce() -> None:
+    """`mjasync-<digest>-<nonce>`: two jobs of one request share the digest, never the marker; each of a
+    job's submits (job, call) carries the same one, whatever is inlined or how it is delivered."""
+    grid = requests.imagine(PROXY, "a cat")
+    digest = job_marker(grid)
+    marker = job_marker(grid, "0123456789abcdef")
+    assert marker == f"{digest}-0123456789abcdef" and len(marker) <= 255  # TA's limit for `state`
+    assert job_marker(grid, "fedcba9876543210") != marker
+    assert body_of(PROXY.job_request(grid, via="poll", nonce="0123456789abcdef"))["state"] == marker
+    hooked = PROXY.job_request(
+        grid, via="callback", callback=CallbackTarget("https://e.com/h", "s"), nonce="0123456789abcdef"
+    )
+    assert body_of(hooked)["state"] == marker
+    describe = DescribeRequest(image_url="https://e.com/a.png")
+    for images in (None, [PNG]):
+        call = PROXY.call_request(describe, images=images, nonce="0123456789abcdef")
+        assert body_of(call)["state"] == job_marker(describe, "0123456789abcdef")
+    shorten = ShortenRequest(prompt="a cat")
+    assert body_of(PROXY.call_request(shorten, nonce="ab"))["state"] == f"{job_marker(shorten)}-ab"
+
+
+def test_same_request_with_a_nonce_is_exact_and_without_one_takes_any_job_of_the_request() -> None:
+    """The job that sent a submit looks for its own marker only, never an identical sibling's; a job
+    rebuilt after a crash (no nonce) takes any task of its request (the engine refuses to choose
+    between several), and one sent without a nonce (the bare digest) too; never another request's."""
+    request = requests.imagine(PROXY, "red fox in snow --v 6.1")
+    digest = job_marker(request)
+
+    def task(state: Any) -> TaskRecord[Any]:
+        return PROXY.decode_task(encode({**TASK_GRID, "state": state}))
+
+    ours, sibling, bare = task(f"{digest}-aaaa"), task(f"{digest}-bbbb"), task(digest)
+    assert PROXY.same_request(ours, request, nonce="aaaa")
+    assert not PROXY.same_request(sibling, request, nonce="aaaa")
+    assert not PROXY.same_request(bare, request, nonce="aaaa")
+    assert all(PROXY.same_request(record, request) for record in (ours, sibling, bare))
+    other = job_marker(requests.imagine(PROXY, "a cat"))
+    strangers = [
+        task(f"{other}-aaaa"),
+        task(other),
+        task(f"{digest}aaaa"),
+        task(digest[:-1]),
+        task(None),
+        task(7),
+    ]
+    for record in strangers:
+        assert not PROXY.same_request(record, request)
+        assert not PROXY.same_request(record, request, nonce="aaaa")
+
+
+def test_the_other_providers_take_a_nonce_and_ignore_it() -> None:
+    """The protocol passes a job's nonce to every provider; AceData and GoAPI send no field for it, so
+    their requests and their `same_request` are what they are without one."""
+    grid = ImagineRequest(action="generate", prompt="a cat")
+    describe = DescribeRequest(image_url="https://e.com/a.png")
+    for provider in (PROVIDERS["acedata"], PROVIDERS["goapi"]):
+        assert provider.job_request(grid, via="poll", nonce="aaaa") == provider.job_request(grid, via="poll")
+        assert provider.call_request(describe, nonce="aaaa") == provider.call_request(describe)
+    record: TaskRecord[Any] = TaskRecord(id="1", request={"action": "generate", "prompt": "a cat"})
+    acedata = PROVIDERS["acedata"]
+    assert acedata.same_request(record, grid, nonce="aaaa") == acedata.same_request(record, grid)
 
 
 # -- HTTP errors ------------------------------------------------------------------------------------------
@@ -1174,7 +1242,7 @@ def touch(provider: ProxyProvider, value: Any) -> None:
             touch(provider, item)
 
 
-@pytest.mark.parametrize("provider", [PROXY, MODAL], ids=["proxy", "modal_step"])
+@pytest.mark.parametrize("provider", [NO_MODAL, PROXY], ids=["no_modal_step", "proxy"])
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(body=BODIES, kind=st.sampled_from(KINDS))
 def test_any_answer_gives_a_value_or_an_mj_error(
@@ -1215,3 +1283,17 @@ def test_markers_are_stable_and_bounded(prompt: str, index: int) -> None:
     follow_up = ImagineRequest(action=f"upscale{index}", image_id=f"{GRID_ID}:{H}")
     assert PROXY.same_request(TaskRecord(request={"state": job_marker(follow_up)}), follow_up)
     assert not PROXY.same_request(TaskRecord(request={"state": job_marker(request)}), follow_up)
+
+
+def test_a_prompt_banned_after_the_submit_is_both_a_job_failure_and_a_moderation_error() -> None:
+    """TA bans words after accepting the task: the same refusal as code 24, so `ModerationError` too."""
+    from mjasync import BannedPromptError, ModerationError
+
+    task = {**TASK_FAILURE, "failReason": "可能包含敏感词"}
+    error = PROXY.job_failed(PROXY.decode_result(ImagineUpdate, encode(task)))
+    assert isinstance(error, BannedPromptError)
+    assert isinstance(error, JobFailedError) and isinstance(error, ModerationError)
+    assert (error.status, error.code, error.message) == (403, "banned_prompt", "可能包含敏感词")
+    assert error.task_id == TASK_FAILURE["id"]
+    other = PROXY.job_failed(PROXY.decode_result(ImagineUpdate, encode(TASK_FAILURE)))
+    assert not isinstance(other, ModerationError)

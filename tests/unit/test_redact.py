@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import traceback
 from collections.abc import Callable, Iterator
@@ -296,3 +297,39 @@ def test_a_status_error_stays_typed_with_the_secret_in_every_field() -> None:
         401, CIMultiDictProxy(CIMultiDict()), b'{"error": {"code": "sk-typed-000000000", "message": "m"}}'
     )
     assert isinstance(error, APIStatusError) and error.code == REDACTED
+
+
+@SETTINGS
+@given(
+    secret=SECRETS,
+    escaped=st.text(min_size=1, max_size=8).map(lambda s: json.dumps(s)[1:-1]),
+    lone=st.integers(0xD800, 0xDFFF).map(lambda code: f"\\u{code:04x}"),
+)
+def test_escaped_astral_characters_and_lone_surrogates_never_break_redaction(
+    secret: str, escaped: str, lone: str
+) -> None:
+    """An ASCII-only JSON encoder writes an emoji as a surrogate pair (`\\ud83d\\udd04`), and a hostile
+    one may write half a pair: beside an echoed key, the body still comes back as bytes, redacted."""
+    owner = Owner()
+    _redact.hold(owner, secret)
+    body = f'{{"message": "bad key {secret}", "hint": "{escaped} \\ud83d\\udd04 {lone}"}}'.encode()
+    cleaned = _redact.redact_bytes(body)
+    assert secret.encode() not in cleaned and b"[redacted]" in cleaned
+    assert "\U0001f504" in cleaned.decode("utf-8")  # the pair is one character again
+    error = APIStatusError("refused", status=400, body=body)
+    assert_clean(error, secret)
+
+
+@SETTINGS
+@given(secret=SECRETS, cut=st.integers(MIN_PARTIAL, 40))
+def test_an_escaped_secret_cut_short_by_an_excerpt_is_redacted(secret: str, cut: int) -> None:
+    """A body capped inside a JSON-escaped key (`sk\\u002d...`): the piece left is still a leak."""
+    owner = Owner()
+    _redact.hold(owner, secret)
+    piece = secret[: min(cut, len(secret) - 1)]
+    body = f'{{"echo": "Bearer {json_escaped(secret)}'
+    excerpt = body[: body.index(json_escaped(secret)) + len(json_escaped(piece))]
+    cleaned = _redact.redact(excerpt, excerpt=True)
+    assert secret[:MIN_PARTIAL] not in _redact._unescape(cleaned), cleaned
+    tail_cut = f'{json_escaped(secret)[-len(json_escaped(secret[-cut:])) :]}" }}'
+    assert secret[-MIN_PARTIAL:] not in _redact._unescape(_redact.redact(tail_cut, excerpt=True))
