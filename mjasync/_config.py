@@ -28,11 +28,13 @@ DEFAULT_BASE_URL = "https://api.acedata.cloud"
 ENV_API_KEY = "MJASYNC_API_KEY"
 ENV_BASE_URL = "MJASYNC_BASE_URL"
 
-#: A JSON body bigger than this is refused without reading it all.
+#: A JSON body bigger than this (16 MiB) is refused without reading it all (`Client(max_response_bytes=)`).
 DEFAULT_MAX_RESPONSE_BYTES = 16 * 1024 * 1024
-#: An ndjson progress line bigger than this ends the stream with LineTooLongError.
+#: An ndjson progress line bigger than this (8 MiB) ends the stream with LineTooLongError
+#: (`Client(max_line_bytes=)`).
 DEFAULT_MAX_LINE_BYTES = 8 * 1024 * 1024
-#: Result files bigger than this are refused unless the caller raises the limit.
+#: Result files bigger than this (64 MiB) are refused unless the caller raises the limit
+#: (`Client.download(url, max_bytes=)`, `download_to`, `save_images`).
 DEFAULT_MAX_DOWNLOAD_BYTES: Final = 64 * 1024 * 1024
 #: AceData's own default for the server-side `timeout` of a synchronous call (`server_wait=`).
 DEFAULT_SERVER_TIMEOUT = 480.0
@@ -68,6 +70,7 @@ class Timeouts(msgspec.Struct, kw_only=True, frozen=True):
     the wait itself, so `PollPolicy.deadline` bounds it, as it bounds all waiting for a result.
     """
 
+    #: Seconds to open a connection (TCP and TLS).
     connect: float = 10.0
     #: Idle gap allowed while reading a plain JSON response.
     read: float = 60.0
@@ -75,6 +78,7 @@ class Timeouts(msgspec.Struct, kw_only=True, frozen=True):
     stream_read: float = 900.0
     #: Overall budget of one call or submit with all its retries, from its first send; None for none.
     total: float | None = 120.0
+    #: Added to a synchronous long wait's `server_wait` to make its read limit, so the server gives up first.
     long_wait_margin: float = 30.0
 
     def __post_init__(self) -> None:
@@ -96,7 +100,9 @@ class Limits(msgspec.Struct, kw_only=True, frozen=True):
     max_in_flight: int = 64
     #: Submits per second at most; None for no pacing.
     submits_per_second: float | None = None
+    #: Sockets in the client's pool at most; must exceed `max_in_flight`, so lookups never wait for a socket.
     max_connections: int = 256
+    #: Sockets to one host at most; must exceed `max_in_flight` too.
     max_connections_per_host: int = 128
     #: Seconds an idle keep-alive connection is kept for reuse.
     keepalive_expiry: float = 30.0
@@ -213,7 +219,9 @@ class RetryPolicy(msgspec.Struct, kw_only=True, frozen=True):
     max_retries: int = 2
     #: Backoff: `initial_delay * 2**n`, at most `max_delay`, less up to `jitter` of it at random.
     initial_delay: float = 0.5
+    #: The longest backoff between two attempts, in seconds.
     max_delay: float = 8.0
+    #: Share of each backoff taken off at random (0 to 1), so that many clients do not retry in step.
     jitter: float = 0.25
     #: A Retry-After longer than this is not waited for: the error is raised instead.
     max_retry_after: float = 120.0
@@ -261,8 +269,11 @@ class ClientSettings(msgspec.Struct, kw_only=True, frozen=True):
     retry: RetryPolicy = RetryPolicy()
     #: Sent with every request to the provider (checked by the client: names and values headers can carry).
     default_headers: dict[str, str] = msgspec.field(default_factory=dict)
+    #: How `await job` waits: "stream" by default, "callback" when the client has a webhook receiver.
     wait_via: WaitVia = "stream"
+    #: The largest ndjson progress line read (8 MiB); a longer one ends the stream with `LineTooLongError`.
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    #: The largest JSON answer read (16 MiB); a bigger one is refused without reading it all.
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
     #: Checked by the client (`check_max_prompt_chars`), whose default it takes (`MAX_PROMPT_CHARS`).
     max_prompt_chars: int

@@ -14,7 +14,7 @@ from mjasync.emulator import DEFAULT_TOKEN, Emulator
 
 __all__ = ["EMULATOR_TOKEN", "mj_emulator"]
 
-#: The bearer token `mj_emulator` accepts.
+#: The token `mj_emulator` accepts: the emulator's `DEFAULT_TOKEN`, "test-token".
 EMULATOR_TOKEN = DEFAULT_TOKEN
 
 

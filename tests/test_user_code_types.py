@@ -1,10 +1,13 @@
-"""User code type-checks: the README's Python blocks, pasted in order, and every example pass
-`mypy --strict` and `pyright --strict`, with no casts and no ignores.
+"""User code type-checks: the README's Python blocks and each docs page's, pasted in order, the files
+the docs show, and every example pass `mypy --strict` and `pyright --strict`, with no casts and no
+ignores.
 
-A user pastes the README's blocks into one async function (they use top-level `await`), where `mj`,
-`api_key`, `base_url` and `redis_url` are the function's parameters, as `tests/functional/test_readme.py` gives
-them when it runs the same blocks. Both checkers run in subprocesses on those files as they are, and
-on a few lines of wrong user code each must refuse (an unchecked outcome, an out-of-range index).
+A user pastes a page's blocks into one async function (they use top-level `await`), where `mj`,
+`api_key`, `base_url` and `redis_url` are the function's parameters, as `tests/functional/test_readme.py`
+and `tests/functional/test_docs.py` give them when they run the same blocks; a block fenced
+```python title="NAME.py" is a file of its own. Both checkers run in subprocesses on those files as
+they are, and on a few lines of wrong user code each must refuse (an unchecked outcome, an
+out-of-range index).
 """
 
 from __future__ import annotations
@@ -21,16 +24,19 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
+DOCS = ROOT / "docs"
+EXAMPLES = sorted((ROOT / "examples").rglob("*.py"))
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
+#: A docs block that is a file of its own (see tests/functional/test_docs.py).
+FILE_BLOCK = re.compile(r'^```python title="([\w.]+\.py)"\n(.*?)^```', re.DOTALL | re.MULTILINE)
 #: What the blocks take from around them; the rest they define themselves.
 PRELUDE = '''\
-"""The README's Python blocks, in order, as a user pastes them into one async function."""
+"""A page's Python blocks, in order, as a user pastes them into one async function."""
 
 import mjasync
 
 
-async def readme(mj: mjasync.Client, api_key: str, base_url: str, redis_url: str) -> None:
+async def page(mj: mjasync.Client, api_key: str, base_url: str, redis_url: str) -> None:
 '''
 #: Strict, every type rule on. Off: the two reports of names left unused, which a tour of calls has by
 #: design (`wide = await mj.imagine(...)` shows the call; the README does not use `wide` again).
@@ -44,11 +50,22 @@ PYRIGHT_SETTINGS = {
 ESCAPES = re.compile(r"type:\s*ignore|pyright:\s*ignore|\bcast\(|\bAny\b")
 
 
-def readme_module() -> str:
-    blocks = BLOCK.findall(README.read_text(encoding="utf-8"))
-    assert len(blocks) >= 10, "the README's python blocks were not found"
-    body = "\n".join(f"    # README block {n}\n{textwrap.indent(b, '    ')}" for n, b in enumerate(blocks, 1))
+def blocks_module(page: Path) -> str:
+    """A page's Python blocks (README.md or a docs page), in order, as one module."""
+    blocks = BLOCK.findall(page.read_text(encoding="utf-8"))
+    assert blocks, f"{page.name}: no python blocks found"
+    body = "\n".join(
+        f"    # {page.name} block {n}\n{textwrap.indent(b, '    ')}" for n, b in enumerate(blocks, 1)
+    )
     return PRELUDE + body
+
+
+def docs_pages() -> list[Path]:
+    """The docs pages that have Python blocks to paste; the tour, which holds most, among them."""
+    pages = [page for page in sorted(DOCS.rglob("*.md")) if BLOCK.search(page.read_text(encoding="utf-8"))]
+    tour = DOCS / "guides" / "tour.md"
+    assert tour in pages and len(BLOCK.findall(tour.read_text(encoding="utf-8"))) >= 10
+    return pages
 
 
 #: User code the checkers must refuse: each line marked `# refused` is an error, and only those.
@@ -77,12 +94,23 @@ def refused_lines() -> set[int]:
 
 @pytest.fixture(scope="module")
 def user_code(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    """The README as one module, the examples, and the code that must be refused."""
+    """The README and each docs page as one module, the docs' files, the examples, and the code that
+    must be refused (last)."""
     directory = tmp_path_factory.mktemp("user_code")
     readme = directory / "readme_blocks.py"
-    readme.write_text(readme_module(), encoding="utf-8")
+    readme.write_text(blocks_module(README), encoding="utf-8")
+    pages: list[Path] = []
+    for page in docs_pages():
+        module = directory / (
+            "docs_" + re.sub(r"\W", "_", page.relative_to(DOCS).with_suffix("").as_posix()) + ".py"
+        )
+        module.write_text(blocks_module(page), encoding="utf-8")
+        pages.append(module)
+        for name, source in FILE_BLOCK.findall(page.read_text(encoding="utf-8")):
+            (directory / name).write_text(source, encoding="utf-8")
+            pages.append(directory / name)
     (directory / "refused.py").write_text(REFUSED, encoding="utf-8")
-    return [readme, *EXAMPLES, directory / "refused.py"]
+    return [readme, *pages, *EXAMPLES, directory / "refused.py"]
 
 
 def test_user_code_uses_no_escape_hatch(user_code: list[Path]) -> None:
@@ -93,7 +121,7 @@ def test_user_code_uses_no_escape_hatch(user_code: list[Path]) -> None:
 
 
 def test_mypy_strict_accepts_user_code(user_code: list[Path], tmp_path: Path) -> None:
-    """`mypy --strict` on the README blocks and the examples reports nothing."""
+    """`mypy --strict` on the README's and the docs' blocks and the examples reports nothing."""
     done = subprocess.run(
         [
             sys.executable,
@@ -115,7 +143,7 @@ def test_mypy_strict_accepts_user_code(user_code: list[Path], tmp_path: Path) ->
 
 
 def test_pyright_strict_accepts_user_code(user_code: list[Path], tmp_path: Path) -> None:
-    """`pyright` in strict mode on the README blocks and the examples reports no error."""
+    """`pyright` in strict mode on the README's and the docs' blocks and the examples reports no error."""
     pyright = shutil.which("pyright", path=str(Path(sys.executable).parent))
     assert pyright is not None, "pyright is in the test extra: pip install -e '.[test]'"
     config = tmp_path / "pyrightconfig.json"

@@ -1,11 +1,12 @@
 """Entry layer: `mjasync batch`, many prompts through `Client.run_many`, resumable after any kill.
 
     mjasync batch prompts.txt|jobs.jsonl --out DIR [--concurrency N] [--upscale 1,2] [--via poll|stream]
-                  [--no-images] [--emulator] [--base-url URL] [--api-key KEY]
+                  [--no-images] [--dry-run] [--emulator] [--base-url URL] [--api-key KEY]
 
 This module is the command: its arguments, the run's setup, signals and the summary. The input file
 and the job keys are `_batch_input`'s; the run itself (resuming from the journal, results.jsonl, the
-images) is `_batch_run`'s, and its display `_batch_view`'s. Exit status: 0 every job ended with its
+images) is `_batch_run`'s, its display `_batch_view`'s, the summary table and `index.html`
+`_batch_report`'s, and `--dry-run`'s count `_batch_dry_run`'s. Exit status: 0 every job ended with its
 result; 1 some did not end (a rerun resumes them); 2 bad input or usage; 3 every job ended, some of
 them failed (their errors are in results.jsonl); 130 interrupted (SIGINT; 143 for SIGTERM).
 """
@@ -29,9 +30,20 @@ import anyio
 import mjasync
 from mjasync import InvalidRequestError
 
+from .._limiter import JobLimiter
 from .._models.params import MAX_PROMPT_CHARS
 from .._providers import PROVIDERS, api_key_env, get_provider
-from ._batch_input import InputError, InputJob, iter_units, load_jobs, parse_upscale, validate_jobs
+from ._batch_dry_run import count_run, describe
+from ._batch_input import (
+    InputError,
+    InputJob,
+    iter_units,
+    load_jobs,
+    number_width,
+    parse_upscale,
+    validate_jobs,
+)
+from ._batch_report import INDEX_NAME, RefusalCounter, print_summary, summary_rows, write_contact_sheet
 from ._batch_run import BatchRun, RunOptions
 from ._batch_view import BatchView
 from ._journal import (
@@ -74,8 +86,15 @@ output (--out DIR):
   results.jsonl  one line per job key, however many runs it takes: key, job, line, action, prompt, ok,
                  task_id, image_id, image_url, actions, images, images_error, error {type, message,
                  code, status}, retries, at
-  images/        <key>.<action>.png for each result (unless --no-images)
+  images/        007-a-red-fox.png for a grid, 007-a-red-fox.upscale2.png for an upscale (unless
+                 --no-images): the job's number in the file, zero-padded, and its prompt's first words
+  index.html     a contact sheet of every result: its image, prompt and task id (open it in a browser)
   journal.ndjson {"event": "submitting"|"accepted"|"finished", "key", ...}: what a rerun resumes from
+
+before a paid run: --dry-run counts the submits (grids, upscales, by mode) and, for GoAPI, the quota
+they use; it sends nothing, needs no key, and reads --out (if it exists) without writing to it.
+
+at the end: a summary table (ok, failed by reason, skipped, not ended, retries, refusals, time).
 
 resuming: run the same command again after Ctrl-C, a crash or a kill. Finished keys are skipped,
 accepted ones are waited on by task id, and one killed between sending and learning its task id is
@@ -108,26 +127,33 @@ class Tally:
     accepted: int
     #: Sent, or about to be, with no task id written down yet.
     submitting: int
+    #: Upscales ended unsent because their grid failed (not failures of their own).
+    skipped: int = 0
 
     @property
     def ended(self) -> int:
         """Units with their line written."""
-        return self.ok + self.failed
+        return self.ok + self.failed + self.skipped
 
 
 def tally(jobs: Sequence[InputJob], journal: Journal) -> Tally:
     """Count the units of `jobs` by their journal state."""
-    total = ok = failed = accepted = submitting = 0
+    total = ok = failed = accepted = submitting = skipped = 0
     for unit in iter_units(jobs):
         total += 1
         state = journal.state(unit.key)
         if state.finished:
-            ok, failed = (ok + 1, failed) if state.ok else (ok, failed + 1)
+            if state.ok:
+                ok += 1
+            elif unit.upscale and journal.state(unit.job.key).ok is False:
+                skipped += 1  # a failed grid's upscale is never sent: its line says "Skipped"
+            else:
+                failed += 1
         elif state.task_id:
             accepted += 1
         elif state.submitting_at is not None:
             submitting += 1
-    return Tally(total, ok, failed, accepted, submitting)
+    return Tally(total, ok, failed, accepted, submitting, skipped)
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -204,10 +230,15 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         metavar="KEY",
         help=f"API key (default: $MJASYNC_API_KEY, else the provider's own: {_OWN_KEY_ENV}); never printed",
     )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="count the paid submits (grids, upscales) and the quota they use, send nothing, and exit",
+    )
     connection.add_argument(
         "--emulator",
         action="store_true",
-        help="dry run: start the embedded emulator and use it (prints its URL)",
+        help="run against the embedded emulator instead of the API: nothing leaves this machine (prints its URL)",
     )
     connection.add_argument(
         "--emulator-speed",
@@ -264,7 +295,7 @@ def _run_batch(args: argparse.Namespace) -> int:
             "with --redis the file is only enqueued: workers (mjasync worker) run it, and "
             "`mjasync batch results` collects it into a folder; drop --emulator and --out"
         )
-    if not distributed and args.out is None:
+    if not distributed and args.out is None and not args.dry_run:
         return _usage("--out DIR is required")
     if args.emulator and (args.base_url or args.api_key):
         return _usage("--emulator runs against the embedded emulator: drop --base-url and --api-key")
@@ -275,8 +306,8 @@ def _run_batch(args: argparse.Namespace) -> int:
             args.input, upscale=args.upscale, fmt=args.format, max_prompt_chars=args.max_prompt_chars
         )
         key_names = api_key_env(get_provider(args.provider))
-        # Enqueueing sends nothing to the provider: the workers hold the key.
-        keyless = args.emulator or distributed
+        # Enqueueing sends nothing to the provider: the workers hold the key; a dry run sends nothing.
+        keyless = args.emulator or distributed or args.dry_run
         if not (keyless or args.api_key or any(os.environ.get(name) for name in key_names)):
             raise InputError(f"no API key: pass --api-key or set {' or '.join(key_names)}")
         # A client made here checks the key and URL too; it only builds jobs, so it never connects.
@@ -289,6 +320,8 @@ def _run_batch(args: argparse.Namespace) -> int:
         validate_jobs(jobs, source=args.input, mode=args.mode, builder=builder)
     except (InputError, InvalidRequestError) as exc:
         return _usage(str(exc))
+    if args.dry_run:
+        return _dry_run(args, jobs)
     if distributed:
         return enqueue_run(args, jobs)
     options = RunOptions(
@@ -325,6 +358,19 @@ def _run_batch(args: argparse.Namespace) -> int:
                     journal.close()
     except JournalError as exc:
         return _usage(str(exc))
+
+
+def _dry_run(args: argparse.Namespace, jobs: list[InputJob]) -> int:
+    """Print what a run would pay for, having sent and written nothing; exit 0."""
+    try:
+        plan = count_run(jobs, mode=args.mode, out=args.out)
+    except JournalError as exc:
+        return _usage(str(exc))
+    for line in describe(
+        plan, source=args.input, provider=args.provider, out=args.out, emulator=args.emulator
+    ):
+        print(line)
+    return EXIT_OK
 
 
 def _os_error(exc: BaseException) -> OSError | None:
@@ -390,10 +436,9 @@ async def _run(
 
             emulator = await stack.enter_async_context(Emulator(speed=args.emulator_speed))
             base_url, api_key = emulator.url, DEFAULT_TOKEN
-            print(
-                f"Embedded emulator on {emulator.url} (a dry run: nothing leaves this machine)",
-                file=sys.stderr,
-            )
+            print(f"Embedded emulator on {emulator.url} (nothing leaves this machine)", file=sys.stderr)
+        # The run's own limiter, as the client would make it, counted: the summary reports the refusals.
+        limiter = RefusalCounter(JobLimiter(options.concurrency))
         mj = mjasync.Client(
             api_key=api_key,
             base_url=base_url,
@@ -408,9 +453,10 @@ async def _run(
                 max_connections=options.concurrency + 256,
                 max_connections_per_host=options.concurrency + 128,
             ),
+            limiter=limiter,
         )
         await stack.enter_async_context(mj)
-        return await _drive(mj, options, jobs, journal, results, stop, received, started)
+        return await _drive(mj, options, jobs, journal, results, stop, received, started, limiter)
 
 
 async def _drive(
@@ -422,9 +468,17 @@ async def _drive(
     stop: anyio.CancelScope,
     received: list[int],
     started: float,
+    limiter: RefusalCounter,
 ) -> int:
     before = tally(jobs, journal)
-    view = BatchView(total=before.total, done=before.ended, ok=before.ok, failed=before.failed)
+    view = BatchView(
+        total=before.total,
+        done=before.ended,
+        ok=before.ok,
+        failed=before.failed,
+        skipped=before.skipped,
+        width=number_width(len(jobs)),
+    )
     run = BatchRun(mj, options, jobs, journal, results, view)
     if before.ended:
         view.note(
@@ -433,6 +487,11 @@ async def _drive(
     with view, stop:
         await run.run()
     after = tally(jobs, journal)
+    elapsed = time.monotonic() - started
+    _write_index(options, jobs)
+    rows = summary_rows(run.counts, earlier=before.ended, refusals=limiter.refusals, elapsed=elapsed)
+    title = f"mjasync batch {options.source.name}: {after.ended}/{after.total} jobs ended"
+    print_summary(rows, title=title)
     if received:
         waiting = f"{after.accepted} accepted and not finished"
         if after.submitting:
@@ -445,15 +504,27 @@ async def _drive(
             flush=True,
         )
         return EXIT_SIGTERM if received[0] == signal.SIGTERM else EXIT_SIGINT
-    elapsed = time.monotonic() - started
-    summary = (
-        f"{after.ended}/{after.total} jobs ended ({after.ok} ok, {after.failed} failed) in {elapsed:.1f} s"
-    )
-    print(f"{summary}; results in {options.out / RESULTS_NAME}")
+    skipped = f", {after.skipped} skipped" if after.skipped else ""
+    summary = f"{after.ended}/{after.total} jobs ended ({after.ok} ok, {after.failed} failed{skipped}) in {elapsed:.1f} s"
+    print(f"{summary}; results in {options.out / RESULTS_NAME}, contact sheet {options.out / INDEX_NAME}")
     if after.ended < after.total:
         print(
             f"{after.total - after.ended} jobs did not end (see above); run the same command again to resume them.",
             file=sys.stderr,
         )
         return EXIT_UNFINISHED
-    return EXIT_FAILED_JOBS if after.failed else EXIT_OK
+    return EXIT_FAILED_JOBS if after.failed or after.skipped else EXIT_OK
+
+
+def _write_index(options: RunOptions, jobs: Sequence[InputJob]) -> None:
+    """Write `index.html` from results.jsonl as it stands (every run's lines); a failure only warns."""
+    try:
+        lines, _ = read_results(options.out / RESULTS_NAME)
+        write_contact_sheet(
+            options.out,
+            lines.values(),
+            order={job.key: job.number for job in jobs},
+            title=f"mjasync batch: {options.source.name}",
+        )
+    except (OSError, JournalError) as exc:
+        print(f"mjasync batch: could not write {options.out / INDEX_NAME}: {exc}", file=sys.stderr)

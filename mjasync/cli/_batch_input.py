@@ -8,7 +8,8 @@ longer than the limit (`MAX_PROMPT_CHARS`, or `--max-prompt-chars`) is refused a
 being echoed.
 
 Each job has a key: its `id`, else `L<line>-<hash of its content>`; each upscale follow-up is
-`<key>/upscale<n>`, sent after its grid finishes.
+`<key>/upscale<n>`, sent after its grid finishes. Each job also has a number, its place among the file's
+jobs (1, 2, ...), which names its images (`image_stem`: `007-a-red-fox-in-snow`) and its progress row.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import re
+import unicodedata
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final, Literal, cast
 
@@ -36,13 +38,22 @@ __all__ = [
     "Unit",
     "digest",
     "grid_job",
+    "image_stem",
     "iter_units",
     "load_jobs",
+    "number_width",
     "parse_upscale",
+    "prompt_slug",
     "validate_jobs",
 ]
 
 _ID_RE: Final = re.compile(r"[^\s/]{1,200}")
+#: An image prompt's URL, and the start of the prompt's `--flags`: neither belongs in a file name.
+_URL_RE: Final = re.compile(r"\S+://\S*")
+_FLAGS_RE: Final = re.compile(r"(?:^|\s)--[A-Za-z].*", re.DOTALL)
+_WORD_RE: Final = re.compile(r"[a-z0-9]+")
+#: Longest prompt part of an image name, in characters.
+SLUG_CHARS: Final = 48
 
 
 class InputError(Exception):
@@ -75,6 +86,8 @@ class InputJob:
     mode: str | None = None
     image_urls: tuple[str, ...] = ()
     upscale: tuple[int, ...] = ()
+    #: Its place among the input's jobs, from 1 (0: not read from a file).
+    number: int = 0
 
 
 @dataclass(frozen=True)
@@ -96,8 +109,43 @@ class Unit:
 
     @property
     def label(self) -> str:
-        """How progress lines name it."""
+        """The unit's key as people read it in messages (`L7-0a1b2c3d4e5f`, `fox upscale2`)."""
         return self.job.key if not self.upscale else f"{self.job.key} {self.action}"
+
+
+def prompt_slug(prompt: str, limit: int = SLUG_CHARS) -> str:
+    """A file-name-safe digest of `prompt`'s words: lowercase ASCII letters and digits joined by `-`.
+
+    Image URLs and everything from the first `--flag` on are left out, accents are dropped
+    (`café` → `cafe`), and the words are cut at a word boundary within `limit` characters. A prompt
+    with no such word (only URLs, or another script) gives `prompt`.
+    """
+    text = _FLAGS_RE.sub(" ", _URL_RE.sub(" ", prompt))
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+    slug = ""
+    for word in _WORD_RE.findall(ascii_text.lower()):
+        longer = f"{slug}-{word}" if slug else word
+        if len(longer) > limit:
+            slug = slug or word[:limit]
+            break
+        slug = longer
+    return slug or "prompt"
+
+
+def number_width(jobs: int) -> int:
+    """Digits of a job's number in names for an input of `jobs` jobs: 3, or more for 1,000 jobs and up."""
+    return max(3, len(str(jobs)))
+
+
+def image_stem(job: InputJob, width: int) -> str:
+    """The start of `job`'s image names: its zero-padded number and its prompt's slug (`007-a-red-fox`).
+
+    The number keeps the files in the input's order when listed by name (`001`, `002`, ... `010`, not
+    `L1`, `L10`, `L2`), and makes the name unique among the run's jobs whatever their prompts; the
+    same input file gives the same names in every run, so a resumed run names its images as the
+    first run would have.
+    """
+    return f"{job.number:0{width}d}-{prompt_slug(job.prompt)}"
 
 
 def digest(data: bytes) -> str:
@@ -159,7 +207,7 @@ def load_jobs(
         if job.key in lines_by_key:
             raise InputError(f"{where}: key {job.key!r} is already used on line {lines_by_key[job.key]}")
         lines_by_key[job.key] = number
-        jobs.append(job)
+        jobs.append(replace(job, number=len(jobs) + 1))
     if not jobs:
         raise InputError(f"{path}: no jobs in it")
     return jobs

@@ -1,7 +1,9 @@
 """Entry layer: a `mjasync batch` run: plans each unit from the journal, feeds `run_many`, writes endings.
 
-`--out` gets `results.jsonl` (one line per key, ever), `images/` (`<key>.<action>.png`) and
-`journal.ndjson`, whose format and recovery rules are in `_journal`. Rerunning the same command
+`--out` gets `results.jsonl` (one line per key, ever), `images/` and `journal.ndjson`, whose format and
+recovery rules are in `_journal`. Images are named after the job's number and prompt (`image_stem`):
+`007-a-red-fox.png` for a grid (`007-a-red-fox.1.png` ... for its four images, when the provider gives
+them), `007-a-red-fox.upscale2.png` for an upscale. Rerunning the same command
 resumes: finished keys are skipped, accepted ones are waited on by task id, and nothing is submitted
 twice.
 
@@ -47,7 +49,8 @@ from .._exceptions import TaskNotFoundError
 from .._job import ImagineHandle, ImagineJob
 from .._models.errors import error_info
 from .._models.results import ImagineUpdate
-from ._batch_input import InputJob, Unit, digest, grid_job, iter_units
+from ._batch_input import InputJob, Unit, digest, grid_job, image_stem, iter_units, number_width
+from ._batch_report import SKIPPED_TYPE, RunCounts, reason
 from ._batch_view import BatchView
 from ._journal import (
     AppendLog,
@@ -95,7 +98,11 @@ def _error_info(error: MJError, *, resumed: bool = False) -> ErrorInfo:
 
 
 def _safe_name(key: str) -> str:
-    """A file name stem for `key`: the key itself when it is safe, else a cleaned copy plus a hash."""
+    """A file name stem for `key`: the key itself when it is safe, else a cleaned copy plus a hash.
+
+    (A distributed run's `mjasync batch results` names its images so; a one-process run names them by
+    the job's number and prompt, `image_stem`.)
+    """
     safe = _UNSAFE_NAME.sub("_", key).strip("._")[:100] or "job"
     return safe if safe == key else f"{safe}-{digest(key.encode())[:8]}"
 
@@ -149,6 +156,10 @@ class BatchRun:
         self._resumed: set[str] = set()
         #: Units that stopped without ending, with why.
         self.not_ended: dict[str, str] = {}
+        #: What this run did with the units it handled, for the summary table.
+        self.counts = RunCounts()
+        #: Digits of a job's number in image names.
+        self._width = number_width(len(jobs))
         self._finish_slots = anyio.Semaphore(options.concurrency)
 
     # -- planning -----------------------------------------------------------------------------------
@@ -208,7 +219,11 @@ class BatchRun:
                 return None
             except MJError as exc:
                 job.close()
-                self._leave(unit, f"could not look up its earlier submit: {type(exc).__name__}: {exc}")
+                self._leave(
+                    unit,
+                    f"could not look up its earlier submit: {type(exc).__name__}: {exc}",
+                    kind=type(exc).__name__,
+                )
                 return None
             # An identical request's task that another key already holds is not this key's.
             if found is not None and found not in self._claimed:
@@ -289,6 +304,7 @@ class BatchRun:
     async def _finish(self, outcome: mjasync.types.Outcome[ImagineResult]) -> None:
         """Handle one outcome: save, write its line (or leave it for a rerun), queue its follow-ups."""
         unit = self._by_index.pop(outcome.index)
+        self.counts.retries += outcome.retries_taken
         try:
             if outcome.result is not None:
                 await self._finish_ok(unit, outcome.result, outcome.retries_taken)
@@ -298,7 +314,7 @@ class BatchRun:
                     self._end(unit, error=outcome.error, task_id=outcome.task_id)
                 else:
                     error = outcome.error
-                    self._leave(unit, f"{type(error).__name__}: {error}")
+                    self._leave(unit, f"{type(error).__name__}: {error}", kind=type(error).__name__)
         finally:
             self._finish_slots.release()
             if not unit.upscale and unit.job.upscale:
@@ -330,10 +346,11 @@ class BatchRun:
 
     async def _save_images(self, unit: Unit, result: ImagineResult) -> list[str]:
         urls = [("", result.image_url)] if result.image_url else []
-        urls += [(f"-{i}", url) for i, url in enumerate(result.sub_image_urls or [], 1) if url]
+        urls += [(f".{i}", url) for i, url in enumerate(result.sub_image_urls or [], 1) if url]
         if not urls:
             raise InvalidRequestError("the result has no image URL")
-        stem = f"{_safe_name(unit.job.key)}.{unit.action}"
+        # A grid is `007-a-red-fox`, its upscales `007-a-red-fox.upscale2`: one job's files sort together.
+        stem = image_stem(unit.job, self._width) + (f".{unit.action}" if unit.upscale else "")
         saved: list[str] = []
         for suffix, url in urls:
             ext = Path(url.split("?", 1)[0]).suffix.lower()
@@ -385,11 +402,17 @@ class BatchRun:
         if kill_point("results", unit.key):
             kill_now()  # its line is written, its finished record is not
         self._journal.finished(line)
+        skipped = info is not None and info.type == SKIPPED_TYPE
         if info is None:
+            self.counts.ok += 1
             detail = f"task {task_id}" + (f"  (images: {images_error})" if images_error else "")
         else:
+            if skipped:
+                self.counts.skipped += 1
+            else:
+                self.counts.failed[reason(info)] += 1
             detail = f"{info.type}: {info.message}"
-        self.view.ended(unit, ok=line.ok, detail=detail)
+        self.view.ended(unit, ok=line.ok, detail=detail, skipped=skipped)
         if not line.ok and not unit.upscale:
             for n in unit.job.upscale:
                 follow = Unit(unit.job, n)
@@ -398,12 +421,14 @@ class BatchRun:
 
     def _skip_followup(self, unit: Unit) -> None:
         info = ErrorInfo(
-            type="Skipped", message=f"its grid {unit.job.key} failed, so {unit.action} was not sent"
+            type=SKIPPED_TYPE, message=f"its grid {unit.job.key} failed, so {unit.action} was not sent"
         )
         self._end(unit, info=info)
 
-    def _leave(self, unit: Unit, why: str) -> None:
+    def _leave(self, unit: Unit, why: str, *, kind: str) -> None:
+        """`unit` stopped without ending (`kind`: the error's class, for the summary)."""
         self.not_ended[unit.key] = why
+        self.counts.not_ended[kind] += 1
         self.view.left(unit, why + " (a rerun resumes it)")
 
     # -- live per-job progress ----------------------------------------------------------------------
@@ -412,6 +437,7 @@ class BatchRun:
         """Look up the on-screen jobs' progress now and then (one batched request; display only)."""
         while True:
             await anyio.sleep(_PROGRESS_EVERY)
+            self.view.tick()
             shown = self.view.shown_task_ids()
             if not shown:
                 continue

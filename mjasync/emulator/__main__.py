@@ -1,7 +1,8 @@
-"""Run the emulator from a shell: ``python -m mjasync.emulator [--port 8080] [--speed 5] [--token T ...]``.
+"""Run the emulator from a shell: ``mjasync emulator [--port 8080] [--speed 5] [--token T ...]``.
 
-Faults: ``--fault-rate 0.2 [--fault-kinds 429 500=2 reset] [--fault-seed 7] [--fault-scope submits]``
-and ``--concurrency-limit N``; counters at ``GET /_emulator/counters``.
+The same as ``python -m mjasync.emulator``, which needs no console script. Faults: ``--fault-rate 0.2
+[--fault-kinds 429 500=2 reset] [--fault-seed 7] [--fault-scope submits]`` and ``--concurrency-limit N``;
+counters at ``GET /_emulator/counters``.
 """
 
 from __future__ import annotations
@@ -10,17 +11,26 @@ import argparse
 import signal
 import sys
 from collections.abc import Sequence
+from typing import Final
 
 import anyio
 
 from . import DEFAULT_BANNED_WORDS, DEFAULT_TOKEN, FAULT_KINDS, Emulator, FaultPlan
 
+#: The program name `--help` shows when run as a module; `mjasync emulator` passes its own.
+MODULE_PROG: Final = "python -m mjasync.emulator"
 
-def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m mjasync.emulator",
-        description="Serve a local emulator that speaks AceData, GoAPI and midjourney-proxy until Ctrl-C.",
-    )
+_DESCRIPTION: Final = (
+    "Serve mjasync's emulator until Ctrl-C or SIGTERM: a local stand-in, on one port, for AceData "
+    "Cloud's Midjourney API (/midjourney/*, Bearer token), GoAPI's Midjourney API v2 (/mj/v2/*, "
+    "X-API-KEY) and the midjourney-proxy protocol of self-hosted gateways (/mj/submit/*, /mj/task/*, "
+    f"mj-api-secret), with real PNGs and injectable faults. It accepts the token {DEFAULT_TOKEN} unless "
+    "--token is given, and prints 'mjasync emulator listening on URL' when ready."
+)
+
+
+def _parse(argv: Sequence[str] | None, prog: str = MODULE_PROG) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=prog, description=_DESCRIPTION)
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: %(default)s)")
     parser.add_argument(
         "--port", type=int, default=8080, help="port to bind, 0 for any (default: %(default)s)"
@@ -36,7 +46,11 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"accepted token (bearer, X-API-KEY or mj-api-secret); repeat for several (default: {DEFAULT_TOKEN})",
     )
     parser.add_argument(
-        "--banned-word", action="append", dest="banned_words", metavar="W", help="moderated word"
+        "--banned-word",
+        action="append",
+        dest="banned_words",
+        metavar="W",
+        help=f"moderated word; repeat for several (default: {' '.join(DEFAULT_BANNED_WORDS)})",
     )
     faults = parser.add_argument_group("faults", "inject faults (counters at GET /_emulator/counters)")
     faults.add_argument(
@@ -105,9 +119,13 @@ async def _serve(args: argparse.Namespace, plan: FaultPlan | None) -> None:
                 break
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the emulator until SIGINT or SIGTERM; return the exit status."""
-    args = _parse(argv)
+def main(argv: Sequence[str] | None = None, *, prog: str = MODULE_PROG) -> int:
+    """Run the emulator until SIGINT or SIGTERM; return the exit status.
+
+    *prog* is the name its usage and usage errors show: ``python -m mjasync.emulator`` run as a
+    module, ``mjasync emulator`` from the `mjasync` command.
+    """
+    args = _parse(argv, prog)
     if args.speed < 0:
         print("error: --speed must be >= 0", file=sys.stderr)
         return 2

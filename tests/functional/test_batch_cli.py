@@ -241,22 +241,25 @@ def test_jsonl_jobs_keep_their_ids_params_and_own_upscales(tmp_path: Path) -> No
         assert_images(out, lines)
         by_key = {line["key"]: line for line in lines}
         assert by_key["wide-fox"]["prompt"] == "a red fox"
-        assert (out / "images" / "wide-fox.upscale1.png").exists()
-        assert (out / "images" / "owl.upscale3.png").exists()
+        # Images are named by the job's number in the file and its prompt, whatever its key.
+        assert (out / "images" / "001-a-red-fox.upscale1.png").exists()
+        assert (out / "images" / "003-an-owl.upscale3.png").exists()
+        assert by_key["owl/upscale3"]["images"] == ["images/003-an-owl.upscale3.png"]
         prompts = counters(url)["tasks_per_prompt"]
         assert prompts["a red fox --ar 16:9 --s 50"] == 1
         assert prompts["an owl"] == 1
 
 
 def test_a_failed_job_ends_with_its_error_and_its_upscales_are_skipped(tmp_path: Path) -> None:
-    """A moderated prompt gets an error line (type, code, status); its upscales a Skipped line; exit 3."""
+    """A moderated prompt gets an error line (type, code, status); its upscales a Skipped line, counted as
+    skipped rather than failed; exit 3."""
     source = tmp_path / "prompts.txt"
     source.write_text("a calm lake\nsome gore here\n")
     out = tmp_path / "out"
     with emulator(speed=0) as url:
         done = run_batch(tmp_path, str(source), "--out", str(out), "--base-url", url, "--upscale", "1", *FAST)
         assert done.returncode == 3, done.stderr  # every job ended, some failed
-        assert "4/4 jobs ended (2 ok, 2 failed)" in done.stdout
+        assert "4/4 jobs ended (2 ok, 1 failed, 1 skipped)" in done.stdout
         lines = assert_each_key_once(out, txt_keys(source, (1,)))
         failed = {line["key"]: line for line in lines if not line["ok"]}
         gore = load_jobs(source)[1].key
