@@ -27,7 +27,8 @@ from ._models.results import (
 from ._models.task import TaskRecord
 from ._poller import PollCursor
 from ._redact import redact
-from ._stream import JobStream, inline_images, job_wire, submit_for_task
+from ._sending import inline_images, job_wire, submit_for_task
+from ._stream import JobStream
 from ._types import NOT_GIVEN, NotGiven, WaitVia
 
 __all__ = [

@@ -20,7 +20,7 @@ LAYERS: list[set[str]] = [
     # The client floor, bottom to top: one engine with verbs; a job's send log and polling; following
     # by callback; streams; jobs and handles; the fan-out; the client, which is only the face.
     {"_engine"},
-    {"_attempts", "_poller"},
+    {"_attempts", "_poller", "_sending"},
     {"_callbacks"},
     {"_stream"},
     {"_job"},
