@@ -11,6 +11,7 @@ from ._types import WaitVia
 __all__ = [
     "DEFAULT_BASE_URL",
     "DEFAULT_MAX_DOWNLOAD_BYTES",
+    "MAX_IMAGE_BYTES",
     "DEFAULT_MAX_LINE_BYTES",
     "DEFAULT_MAX_RESPONSE_BYTES",
     "ENV_API_KEY",
@@ -36,6 +37,9 @@ DEFAULT_MAX_LINE_BYTES = 8 * 1024 * 1024
 #: Result files bigger than this (64 MiB) are refused unless the caller raises the limit
 #: (`Client.download(url, max_bytes=)`, `download_to`, `save_images`).
 DEFAULT_MAX_DOWNLOAD_BYTES: Final = 64 * 1024 * 1024
+#: One image a provider takes inline (a `data:` URL, fetched by the client first) at most: Discord's
+#: upload limit for most accounts.
+MAX_IMAGE_BYTES: Final = 10 * 1024 * 1024
 #: AceData's own default for the server-side `timeout` of a synchronous call (`server_wait=`).
 DEFAULT_SERVER_TIMEOUT = 480.0
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ._config import MAX_IMAGE_BYTES
 from ._engine import Attempted, Engine, SendLog
 from ._exceptions import AmbiguousSubmitError, BadRequestError, MJError
 from ._models.requests import AnyRequest, JobRequest
-from ._providers import MAX_IMAGE_BYTES, CallbackTarget, WireRequest
+from ._providers import CallbackTarget, WireRequest
 from ._retry import phase_of
 from ._transport import files
 from ._types import WaitVia

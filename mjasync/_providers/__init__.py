@@ -21,7 +21,7 @@ from ._callback import CallbackTarget
 from ._wire import CallRequest, PageRequest, WireRequest
 from .acedata import ACEDATA, AceDataProvider
 from .goapi import GOAPI, GoapiProvider
-from .proxy import MAX_IMAGE_BYTES, PROXY, PROXY_BEARER, ProxyProvider
+from .proxy import PROXY, PROXY_BEARER, ProxyProvider
 
 __all__ = [
     "CALLBACK_SECRET_HEADERS",
@@ -30,7 +30,6 @@ __all__ = [
     "CallRequest",
     "CallbackTarget",
     "GoapiProvider",
-    "MAX_IMAGE_BYTES",
     "PageRequest",
     "Provider",
     "ProxyProvider",

@@ -65,6 +65,7 @@ from typing import Any, Final, NamedTuple, TypeVar
 
 import msgspec
 
+from .._config import MAX_IMAGE_BYTES
 from .._exceptions import (
     APIStatusError,
     AuthenticationError,
@@ -123,8 +124,6 @@ _MODE_PREFIXES: Final[Mapping[str, str]] = MappingProxyType(
 )
 _ACCEPT_JSON: Final = MappingProxyType({"accept": "application/json"})
 
-#: One image sent inline (a `data:` URL) at most: Discord's upload limit for most accounts.
-MAX_IMAGE_BYTES: Final = 10 * 1024 * 1024
 #: All of one submit's inline images at most: base64 of this stays under TA's default 30 MB body limit.
 MAX_INLINE_BYTES: Final = 20 * 1024 * 1024
 #: The listing is one read, never paged: NZ lists every stored task, TA the newest 100. So a listing of
